@@ -1,0 +1,14 @@
+"""``agents``: stable-baselines3 policies and algorithms for language models on TextGen envs.
+
+* :class:`TransformerPolicy` / :class:`MaskableTransformerPolicy`: SB3 policies wrapping any
+  ``AutoModelForCausalLM`` (works with stock ``PPO``, ``A2C`` and ``sb3_contrib.MaskablePPO``);
+* :class:`TokenPPO`: token-level PPO evaluating whole sequences in one forward pass;
+* :func:`make_text_vec_env`: the batched TextGen env as an SB3 ``VecEnv``.
+"""
+
+from agents.algos import SequenceOnPolicyAlgorithm, TokenPPO
+from agents.policy import MaskableTransformerPolicy, TransformerPolicy
+from agents.vec_env import TextGenVecEnv, make_text_vec_env
+
+__all__ = ["MaskableTransformerPolicy", "SequenceOnPolicyAlgorithm", "TextGenVecEnv", "TokenPPO",
+           "TransformerPolicy", "make_text_vec_env"]

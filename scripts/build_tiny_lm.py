@@ -98,7 +98,8 @@ def train_tokenizer(train_docs: list[str], out: Path, vocab_size: int) -> LlamaT
         (convert_dir / "tokenizer.model").write_bytes(Path(str(prefix) + ".model").read_bytes())
         # transformers converts the sentencepiece model into a fast tokenizer (tokenizer.json)
         tokenizer = LlamaTokenizer.from_pretrained(convert_dir, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                                                   eos_token="</s>", legacy=False)
+                                                   eos_token="</s>", add_bos_token=True,
+                                                   legacy=False)
         tokenizer.model_max_length = 256
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save_pretrained(out)

@@ -1,0 +1,168 @@
+"""A rollout buffer that keeps whole sequences (prompt + completion) instead of single token steps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from agents.rl_math import gae, masked_whiten
+
+
+@dataclass
+class Episode:
+    """One finished (or in-progress) episode, token by token."""
+
+    prompt_ids: list[int]
+    actions: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # log pi_old(a_t|s_t) of the sampling policy
+    values: list[float] = field(default_factory=list)  # V_old(s_t)
+    rewards: list[float] = field(default_factory=list)  # env rewards r_t
+    kl_coefs: list[float] = field(default_factory=list)  # the env's kl_coef when a_t was taken
+    info: dict[str, Any] = field(default_factory=dict)  # final info (score, text, kl_ref_logprob_sum...)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    @property
+    def kl(self) -> float:
+        """Sampled ``sum_t log pi_old(a_t|s_t) - log pi_ref(a_t|s_t)`` (k1 estimate of the sequence KL)."""
+        return float(np.sum(self.logprobs)) - float(self.info.get("kl_ref_logprob_sum", np.nan))
+
+
+class SequenceBatch(NamedTuple):
+    """A padded minibatch of sequences: prompts left-padded, completions right-padded to ``T``."""
+
+    input_ids: torch.Tensor  # (B, L) prompt + completion tokens
+    attention_mask: torch.Tensor  # (B, L)
+    completion_mask: torch.Tensor  # (B, T) 1 on real completion tokens
+    actions: torch.Tensor  # (B, T)
+    old_logprobs: torch.Tensor  # (B, T)
+    old_values: torch.Tensor  # (B, T)
+    advantages: torch.Tensor  # (B, T)
+    returns: torch.Tensor  # (B, T)
+    index: torch.Tensor  # (B,) positions of these sequences in the buffer
+
+
+def pad_right(rows: list[list[float]], width: int, value: float = 0.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Right-pad lists into a ``(len(rows), width)`` tensor."""
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.as_tensor(row, dtype=dtype)
+    return out
+
+
+class SequenceRolloutBuffer:
+    """Collects episodes of a vector env step by step and serves padded minibatches of whole sequences.
+
+    Episodes that are still running when a rollout ends are kept and completed in the next
+    rollout (their stored log-probabilities are those of the policy that sampled each token).
+
+    :param num_envs: number of env slots.
+    :param pad_id: padding token id.
+    :param device: device of the served tensors.
+    """
+
+    def __init__(self, num_envs: int, pad_id: int, device: torch.device) -> None:
+        self.num_envs = num_envs
+        self.pad_id = pad_id
+        self.device = device
+        self.running: list[Episode | None] = [None] * num_envs
+        self.episodes: list[Episode] = []
+        self.advantages: torch.Tensor | None = None  # (N, T_max)
+        self.returns: torch.Tensor | None = None  # (N, T_max)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in finished episodes."""
+        return sum(len(episode) for episode in self.episodes)
+
+    def reset(self) -> None:
+        """Drop finished episodes (running ones are kept)."""
+        self.episodes = []
+        self.advantages = self.returns = None
+
+    def add(self, obs: dict[str, np.ndarray], actions: np.ndarray, logprobs: np.ndarray, values: np.ndarray,
+            rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]], kl_coef: float) -> list[Episode]:
+        """Record one vector step taken from ``obs``; returns the episodes that finished on it."""
+        finished = []
+        for slot in range(self.num_envs):
+            episode = self.running[slot]
+            if episode is None:
+                real = obs["attention_mask"][slot].astype(bool)
+                episode = self.running[slot] = Episode(prompt_ids=obs["input_ids"][slot][real].astype(int).tolist())
+            episode.actions.append(int(actions[slot]))
+            episode.logprobs.append(float(logprobs[slot]))
+            episode.values.append(float(values[slot]))
+            episode.rewards.append(float(rewards[slot]))
+            episode.kl_coefs.append(float(kl_coef))
+            if dones[slot]:
+                episode.info = {k: v for k, v in infos[slot].items() if k != "terminal_observation"}
+                self.episodes.append(episode)
+                finished.append(episode)
+                self.running[slot] = None
+        return finished
+
+    def discard_running(self) -> None:
+        """Forget in-progress episodes (e.g. after the env was reset)."""
+        self.running = [None] * self.num_envs
+
+    def padded(self, field_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A per-token field of every finished episode, right-padded: ``values (N, T), mask (N, T)``."""
+        width = max(len(e) for e in self.episodes)
+        rows = [getattr(e, field_name) for e in self.episodes]
+        mask = pad_right([[1.0] * len(e) for e in self.episodes], width)
+        return pad_right(rows, width), mask
+
+    def total_rewards(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Env reward plus the agent's own KL half, ``r_t - kl_coef_t * log pi_old(a_t|s_t)``: ``(N, T), (N, T)``."""
+        rewards, mask = self.padded("rewards")
+        logprobs, _ = self.padded("logprobs")
+        coefs, _ = self.padded("kl_coefs")
+        return (rewards - coefs * logprobs) * mask, mask
+
+    def compute_gae(self, gamma: float, lam: float, whiten: bool = True) -> None:
+        """Fill ``advantages`` and ``returns`` ``(N, T)`` from the total rewards and the stored values."""
+        rewards, mask = self.total_rewards()
+        values, _ = self.padded("values")
+        advantages, returns = gae(rewards, values, mask, gamma, lam)
+        self.set_advantages(masked_whiten(advantages, mask) if whiten else advantages, returns)
+
+    def set_advantages(self, advantages: torch.Tensor, returns: torch.Tensor | None = None) -> None:
+        """Set per-token advantages ``(N, T)`` (and value targets) computed by an algorithm."""
+        self.advantages = advantages
+        self.returns = returns if returns is not None else torch.zeros_like(advantages)
+
+    def minibatches(self, batch_size: int, generator: np.random.Generator) -> Iterator[SequenceBatch]:
+        """Shuffled minibatches of ``batch_size`` sequences (the last one may be smaller)."""
+        if self.advantages is None:
+            raise RuntimeError("compute advantages before drawing minibatches")
+        order = generator.permutation(len(self.episodes))
+        for start in range(0, len(order), batch_size):
+            yield self.collate(order[start:start + batch_size].tolist())
+
+    def collate(self, index: list[int]) -> SequenceBatch:
+        """Pad the episodes at ``index`` into one :class:`SequenceBatch` on the buffer's device."""
+        episodes = [self.episodes[i] for i in index]
+        prompt_width = max(len(e.prompt_ids) for e in episodes)
+        width = max(len(e) for e in episodes)
+        ids = torch.full((len(episodes), prompt_width + width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        for row, episode in enumerate(episodes):
+            start = prompt_width - len(episode.prompt_ids)
+            ids[row, start:prompt_width] = torch.as_tensor(episode.prompt_ids)
+            ids[row, prompt_width:prompt_width + len(episode)] = torch.as_tensor(episode.actions)
+            attention[row, start:prompt_width + len(episode)] = 1
+        mask = pad_right([[1.0] * len(e) for e in episodes], width)
+        tensors = SequenceBatch(
+            input_ids=ids, attention_mask=attention, completion_mask=mask,
+            actions=pad_right([e.actions for e in episodes], width, dtype=torch.long),
+            old_logprobs=pad_right([e.logprobs for e in episodes], width),
+            old_values=pad_right([e.values for e in episodes], width),
+            advantages=self.advantages[index, :width], returns=self.returns[index, :width],
+            index=torch.as_tensor(index),
+        )
+        return SequenceBatch(*(t.to(self.device) for t in tensors))

@@ -1,0 +1,322 @@
+"""``TransformerPolicy``: a stable-baselines3 actor-critic policy that *is* a Hugging Face causal LM.
+
+* Action logits are the LM head's logits for the last real token of the observation (no extra
+  vocabulary-sized layer, no orthogonal re-initialisation of pretrained weights).
+* The value is a small linear head on the same trunk's last hidden state (``value_trunk="shared"``,
+  default) or on a separate copy of the trunk (``value_trunk="separate"``).
+* During rollouts (no gradient) the policy keeps one KV cache per env slot and feeds only the new
+  token when an observation extends the previous one by exactly the action taken; other slots
+  (new episodes, any mismatch) are re-prefilled. Same results as the uncached forward.
+* Sampling controls (``temperature``, ``top_k``, ``top_p``) change the distribution itself, so the
+  log-probability stored for PPO is that of the distribution actually sampled from.
+
+Works with ``stable_baselines3.PPO``/``A2C`` (``TransformerPolicy``) and with
+``sb3_contrib.MaskablePPO`` (``MaskableTransformerPolicy``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.distributions import CategoricalDistribution, Distribution
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+
+from agents.rl_math import process_logits
+from text_envs.errors import ConfigError
+from text_envs.lm_stepper import BatchedLMStepper, positions_from_mask
+from text_envs.models import load_model, load_tokenizer
+
+VALUE_TRUNKS = ("shared", "separate")
+# SB3 constructor parameters that a language-model policy does not use (dropped from saved kwargs)
+_UNUSED_SB3_PARAMETERS = ("net_arch", "activation_fn", "ortho_init", "log_std_init", "full_std", "use_expln",
+                          "squash_output", "features_extractor_class", "features_extractor_kwargs",
+                          "share_features_extractor", "normalize_images", "use_sde")
+
+
+class LMOutput(NamedTuple):
+    """Policy logits and values for a batch of observations."""
+
+    logits: torch.Tensor  # (B, V) or (B, T, V)
+    values: torch.Tensor  # (B,) or (B, T)
+
+
+def _as_token_tensors(obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of an observation batch as int64 ``(B, L)``."""
+    if not isinstance(obs, dict) or "input_ids" not in obs or "attention_mask" not in obs:
+        raise ConfigError("TransformerPolicy needs Dict observations with 'input_ids' and 'attention_mask' "
+                          "(the TextGen-v0 observation space)")
+    return obs["input_ids"].long(), obs["attention_mask"].long()
+
+
+def _trim_left_padding(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop leading columns that are padding in every row. ``(B, L) -> (B, L')``."""
+    used = mask.any(dim=0)
+    first = int(torch.nonzero(used)[0]) if used.any() else mask.shape[1] - 1
+    return ids[:, first:], mask[:, first:]
+
+
+class TransformerPolicyCore:
+    """The LM machinery shared by :class:`TransformerPolicy` and :class:`MaskableTransformerPolicy`."""
+
+    lm: PreTrainedModel
+    value_head: nn.Linear
+    value_model: nn.Module | None
+    _distribution_class: type[Distribution]
+
+    def _store_lm_options(self, model: str | PreTrainedModel, value_trunk: str, temperature: float, top_k: int,
+                          top_p: float, use_kv_cache: bool, dtype: str, trust_remote_code: bool) -> None:
+        if value_trunk not in VALUE_TRUNKS:
+            raise ConfigError(f"value_trunk must be one of {VALUE_TRUNKS}, got {value_trunk!r}")
+        if not temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature!r}")
+        if not (isinstance(top_k, int) and top_k >= 0):
+            raise ConfigError(f"top_k must be an int >= 0 (0 disables it), got {top_k!r}")
+        if not 0 < top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1] (1 disables it), got {top_p!r}")
+        if dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
+        self.model_name = model
+        self.value_trunk = value_trunk
+        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
+        self.use_kv_cache = use_kv_cache
+        self.dtype_option = dtype
+        self.trust_remote_code = trust_remote_code
+        self._stepper: BatchedLMStepper | None = None
+        self._previous: tuple[torch.Tensor, torch.Tensor] | None = None  # last (ids, mask) seen in a rollout
+
+    def _build_lm(self) -> None:
+        """Load the LM (fp32 master weights), the value head and, optionally, a separate value trunk."""
+        self.lm = load_model(self.model_name, device="cpu", dtype="float32", trust_remote_code=self.trust_remote_code)
+        self.lm.requires_grad_(True)
+        hidden = self.lm.config.get_text_config().hidden_size
+        self.value_model = None
+        if self.value_trunk == "separate":
+            self.value_model = AutoModel.from_config(self.lm.config.get_text_config())
+            self.value_model.load_state_dict(self.lm.base_model.state_dict())
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.normal_(self.value_head.weight, std=1.0 / np.sqrt(hidden + 1))
+        nn.init.zeros_(self.value_head.bias)
+        self.tokenizer = load_tokenizer(self.model_name if isinstance(self.model_name, str)
+                                        else self.model_name.name_or_path)
+
+    def _lm_options(self) -> dict[str, Any]:
+        return {"model": self.model_name, "value_trunk": self.value_trunk, "temperature": self.temperature,
+                "top_k": self.top_k, "top_p": self.top_p, "use_kv_cache": self.use_kv_cache,
+                "dtype": self.dtype_option, "trust_remote_code": self.trust_remote_code}
+
+    def _autocast(self) -> torch.autocast:
+        device = next(self.lm.parameters()).device
+        enabled = device.type == "cuda" and self.dtype_option in ("auto", "bfloat16")
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    # ----------------------------------------------------------------------------- uncached forwards
+    def _trunk(self, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward: logits of the last ``keep`` positions ``(B, keep, V)`` and value-trunk hidden
+        states of the same positions ``(B, keep, H)``."""
+        positions = positions_from_mask(mask)
+        with self._autocast():
+            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep,
+                          output_hidden_states=self.value_model is None, use_cache=False)
+            if self.value_model is None:
+                hidden = out.hidden_states[-1][:, -keep:]
+            else:
+                hidden = self.value_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                          use_cache=False).last_hidden_state[:, -keep:]
+        return out.logits.float(), hidden.float()
+
+    def lm_forward(self, obs: PyTorchObs) -> LMOutput:
+        """Logits ``(B, V)`` and values ``(B,)`` of the last real token, with one uncached forward."""
+        ids, mask = _trim_left_padding(*_as_token_tensors(obs))
+        logits, hidden = self._trunk(ids, mask, keep=1)
+        return LMOutput(logits[:, -1], self.value_head(hidden[:, -1]).squeeze(-1))
+
+    def evaluate_sequences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_tokens: int) -> LMOutput:
+        """Teacher-forced evaluation of whole sequences in ONE forward.
+
+        ``input_ids``/``attention_mask`` ``(B, L)`` hold left-padded prompts followed by completions
+        right-padded to ``num_tokens = T`` (the completions occupy the last ``T`` columns). Returns the
+        processed logits ``(B, T, V)`` predicting each completion token and the values ``(B, T)`` of the
+        states before each completion token.
+        """
+        logits, hidden = self._trunk(input_ids, attention_mask, keep=num_tokens + 1)
+        logits = process_logits(logits[:, :-1], self.temperature, self.top_k, self.top_p)
+        return LMOutput(logits, self.value_head(hidden[:, :-1]).squeeze(-1))
+
+    # ---------------------------------------------------------------------------- cached rollouts
+    def reset_cache(self) -> None:
+        """Forget the rollout KV cache (called whenever the weights may have changed)."""
+        self._stepper = None
+        self._previous = None
+
+    def _cached_forward(self, obs: PyTorchObs, last_actions: torch.Tensor | None) -> LMOutput:
+        """Like :meth:`lm_forward`, reusing each slot's KV cache when its observation extends the previous
+        one by exactly ``last_actions[slot]``."""
+        ids, mask = _as_token_tensors(obs)
+        batch = ids.shape[0]
+        if self._stepper is None or self._stepper.batch_size != batch or self.value_model is not None:
+            self._stepper = BatchedLMStepper(self.lm, batch, int(self.tokenizer.pad_token_id), output_hidden=True)
+            self._previous = None
+        match = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+        if self._previous is not None and last_actions is not None:
+            prev_ids, prev_mask = self._previous
+            expected_ids = torch.cat([prev_ids[:, 1:], last_actions.long().view(-1, 1).to(ids.device)], dim=1)
+            expected_mask = torch.cat([prev_mask[:, 1:], torch.ones_like(prev_mask[:, :1])], dim=1)
+            match = (ids == expected_ids).all(1) & (mask == expected_mask).all(1) & (prev_mask[:, 0] == 0)
+        logits = torch.empty((batch, self.lm.get_output_embeddings().weight.shape[0]), device=ids.device)
+        hidden = torch.empty((batch, self.value_head.in_features), device=ids.device)
+        with self._autocast():
+            if match.any():
+                out = self._stepper.step(last_actions.long().view(-1).to(ids.device), active=match)
+                logits[match], hidden[match] = out.logits[match], out.hidden[match]
+            if (~match).any():
+                slots = torch.nonzero(~match).flatten().tolist()
+                sequences = [ids[slot][mask[slot].bool()].tolist() for slot in slots]
+                out = self._stepper.prefill(slots, sequences)
+                logits[slots], hidden[slots] = out.logits, out.hidden
+        self._previous = (ids, mask)
+        return LMOutput(logits, self.value_head(hidden).squeeze(-1))
+
+    def _rollout_outputs(self, obs: PyTorchObs) -> LMOutput:
+        """Cached forward when collecting rollouts without gradients, else the uncached one."""
+        if self.use_kv_cache and not torch.is_grad_enabled() and self.value_model is None:
+            return self._cached_forward(obs, getattr(self, "_last_actions", None))
+        return self.lm_forward(obs)
+
+    def _remember_actions(self, actions: torch.Tensor) -> None:
+        self._last_actions = actions.detach()
+
+    # --------------------------------------------------------------------------- SB3 policy API
+    def _build(self, lr_schedule: Schedule) -> None:
+        self._build_lm()
+        self.action_dist = self._distribution_class(self.action_space.n)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()  # type: ignore[misc]
+        data.update(self._lm_options())
+        for key in _UNUSED_SB3_PARAMETERS:
+            data.pop(key, None)
+        return data
+
+    def set_training_mode(self, mode: bool) -> None:
+        """Switch train/eval mode; entering training invalidates the rollout KV cache."""
+        if mode:
+            self.reset_cache()
+        super().set_training_mode(mode)  # type: ignore[misc]
+
+    def _distribution(self, logits: torch.Tensor, action_masks: np.ndarray | None = None) -> Distribution:
+        distribution = self.action_dist.proba_distribution(
+            action_logits=process_logits(logits, self.temperature, self.top_k, self.top_p))
+        if action_masks is not None:
+            if not isinstance(distribution, MaskableCategoricalDistribution):
+                raise ConfigError("action_masks need MaskableTransformerPolicy (use it with sb3_contrib.MaskablePPO)")
+            distribution.apply_masking(action_masks)
+        return distribution
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False,
+                action_masks: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample actions; returns ``actions (B,)``, ``values (B, 1)``, ``log_prob (B,)``."""
+        logits, values = self._rollout_outputs(obs)
+        distribution = self._distribution(logits, action_masks)
+        actions = distribution.get_actions(deterministic=deterministic)
+        self._remember_actions(actions)
+        return actions, values.view(-1, 1), distribution.log_prob(actions)
+
+    def evaluate_actions(self, obs: PyTorchObs, actions: torch.Tensor,
+                         action_masks: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Values ``(B, 1)``, log-probabilities ``(B,)`` and entropies ``(B,)`` of ``actions`` (uncached)."""
+        logits, values = self.lm_forward(obs)
+        distribution = self._distribution(logits, action_masks)
+        return values.view(-1, 1), distribution.log_prob(actions.view(-1)), distribution.entropy()
+
+    def get_distribution(self, obs: PyTorchObs, action_masks: np.ndarray | None = None) -> Distribution:
+        """The action distribution for ``obs`` (uncached forward)."""
+        return self._distribution(self.lm_forward(obs).logits, action_masks)
+
+    def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
+        """Values ``(B, 1)`` of ``obs`` (uncached forward)."""
+        return self.lm_forward(obs).values.view(-1, 1)
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False,
+                 action_masks: np.ndarray | None = None) -> torch.Tensor:
+        logits, _ = self._rollout_outputs(observation)
+        actions = self._distribution(logits, action_masks).get_actions(deterministic=deterministic)
+        self._remember_actions(actions)
+        return actions
+
+    # ------------------------------------------------------------------------------------- export
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Export the policy's LM and tokenizer as a plain Hugging Face model folder.
+
+        ``AutoModelForCausalLM.from_pretrained(directory)`` and
+        ``pipeline("text-generation", model=directory)`` load it.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.lm.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory
+
+
+class TransformerPolicy(TransformerPolicyCore, ActorCriticPolicy):
+    """Actor-critic policy wrapping a causal LM, for ``PPO``, ``A2C`` and :class:`~agents.TokenPPO`.
+
+    :param observation_space: the TextGen ``Dict`` observation space.
+    :param action_space: ``Discrete(vocab_size)``.
+    :param lr_schedule: learning-rate schedule (given by the algorithm).
+    :param model: model alias, local path or hub id (see ``textgen-rl models``), or a loaded model.
+    :param value_trunk: ``"shared"`` (value head on the policy's trunk) or ``"separate"`` (its own copy).
+    :param temperature: sampling temperature (> 0).
+    :param top_k: keep only the ``top_k`` most likely tokens (0: off).
+    :param top_p: nucleus sampling threshold (1: off).
+    :param use_kv_cache: reuse per-slot KV caches during rollouts.
+    :param dtype: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"float32"`` or ``"bfloat16"``.
+    :param trust_remote_code: passed to ``from_pretrained`` for hub models with custom code.
+    :param use_sde: must be False (given by SB3's PPO/A2C; SDE does not apply to discrete actions).
+    :param optimizer_class: optimizer of the LM and value head.
+    :param optimizer_kwargs: its keyword arguments.
+    """
+
+    _distribution_class = CategoricalDistribution
+
+    def __init__(self, observation_space: spaces.Dict, action_space: spaces.Discrete, lr_schedule: Schedule,
+                 model: str | PreTrainedModel = "tiny", value_trunk: str = "shared", temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, use_kv_cache: bool = True, dtype: str = "auto",
+                 trust_remote_code: bool = False, use_sde: bool = False,
+                 optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
+                 optimizer_kwargs: dict[str, Any] | None = None) -> None:
+        if use_sde:
+            raise ConfigError("use_sde=True is not supported: TextGen actions are discrete tokens")
+        self._store_lm_options(model, value_trunk, temperature, top_k, top_p, use_kv_cache, dtype, trust_remote_code)
+        super().__init__(observation_space, action_space, lr_schedule, ortho_init=False,
+                         optimizer_class=optimizer_class, optimizer_kwargs=optimizer_kwargs)
+
+
+class MaskableTransformerPolicy(TransformerPolicyCore, MaskableActorCriticPolicy):
+    """:class:`TransformerPolicy` for ``sb3_contrib.MaskablePPO``: every method accepts ``action_masks``.
+
+    Use it with :class:`~agents.vec_env.TextGenVecEnv` created with ``mask_top_k``/``mask_top_p``,
+    which masks every token outside the reference model's top-k / nucleus (NLPO-style).
+    Parameters as :class:`TransformerPolicy` (without ``use_sde``).
+    """
+
+    _distribution_class = MaskableCategoricalDistribution
+
+    def __init__(self, observation_space: spaces.Dict, action_space: spaces.Discrete, lr_schedule: Schedule,
+                 model: str | PreTrainedModel = "tiny", value_trunk: str = "shared", temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, use_kv_cache: bool = True, dtype: str = "auto",
+                 trust_remote_code: bool = False,
+                 optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
+                 optimizer_kwargs: dict[str, Any] | None = None) -> None:
+        self._store_lm_options(model, value_trunk, temperature, top_k, top_p, use_kv_cache, dtype, trust_remote_code)
+        super().__init__(observation_space, action_space, lr_schedule, ortho_init=False,
+                         optimizer_class=optimizer_class, optimizer_kwargs=optimizer_kwargs)

@@ -1,0 +1,403 @@
+"""The labelling server: JSON API, validation (4xx, file untouched), undo/skip, resume, loopback
+only; item generation (seeded, cached); the ``textgen-rl label`` command end to end."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agents.rlhf.data import FeedbackWriter, read_feedback
+from agents.rlhf.generate import (
+    Generation,
+    GenerationSettings,
+    LabelItem,
+    build_items,
+    generate_completions,
+    items_path_for,
+    load_or_generate,
+)
+from agents.rlhf.label_server import MAX_BODY_BYTES, LabelServer, LabelSession
+from text_envs.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+GENERATIONS = [
+    Generation(0, "The food was", (" delicious and warm.", " cold and bland.")),
+    Generation(1, "My neighbour", (" waved hello.", " shouted at me.")),
+    Generation(2, "Today", (" the sun came out.", " it rained all day.")),
+    Generation(3, "The <b>test</b> & co", (' "quoted" <script>alert(1)</script>', " plain\nnew line")),
+]
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+
+    def request(self, method: str, path: str, body: object = None, *, raw: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        hdrs = {"Content-Type": "application/json"} if data is not None else {}
+        hdrs.update(headers or {})
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=hdrs)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def state(self) -> dict:
+        status, body = self.request("GET", "/api/state")
+        assert status == 200
+        return body
+
+    def post(self, path: str, body: object) -> tuple[int, dict]:
+        return self.request("POST", path, body)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Client, LabelSession, Path]]:
+    out = tmp_path / "fb.jsonl"
+    writer = FeedbackWriter(out)
+    session = LabelSession(build_items(GENERATIONS, "compare"), writer, mode="compare", meta={"model": "test"})
+    server = LabelServer(session, port=0)
+    port = server.start()
+    assert port > 0 and server.url == f"http://127.0.0.1:{port}/"
+    try:
+        yield Client(port), session, out
+    finally:
+        server.stop()
+        writer.close()
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_page_and_static_files_are_served(served) -> None:
+    client, _, _ = served
+    for path, kind in (("/", "text/html"), ("/static/app.js", "text/javascript"), ("/static/style.css", "text/css")):
+        with urllib.request.urlopen(client.base + path, timeout=10) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith(kind)
+            assert resp.headers["Cache-Control"] == "no-store"
+            assert resp.read()
+    status, body = client.request("GET", "/../pyproject.toml")
+    assert status == 404 and "error" in body
+
+
+def test_answer_flow_writes_each_answer_immediately(served) -> None:
+    client, _, out = served
+    state = client.state()
+    assert state["mode"] == "compare" and state["total"] == 4 and state["done"] == 0 and not state["finished"]
+    assert state["item"] == {"id": "compare-0-0-1", "prompt": "The food was", "completions": [" delicious and warm.", " cold and bland."]}
+
+    status, state = client.post("/api/answer", {"id": "compare-0-0-1", "choice": 0})
+    assert status == 200 and state["done"] == 1 and state["item"]["id"] == "compare-1-0-1"
+    assert len(lines(out)) == 1  # on disk before the reply
+    status, state = client.post("/api/answer", {"id": "compare-1-0-1", "choice": 1})
+    assert status == 200
+    recorded = lines(out)
+    assert recorded[0]["chosen"] == " delicious and warm." and recorded[0]["rejected"] == " cold and bland."
+    assert recorded[1]["chosen"] == " shouted at me." and recorded[1]["rejected"] == " waved hello."
+    assert recorded[1]["id"] == "compare-1-0-1" and recorded[1]["meta"]["choice"] == 1
+    assert recorded[1]["meta"]["mode"] == "compare" and recorded[1]["meta"]["model"] == "test"
+    pairs = read_feedback(out).preferences
+    assert [p.prompt for p in pairs] == ["The food was", "My neighbour"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/api/answer", {"id": "nope", "choice": 0}, 404, "unknown item id"),
+        ("/api/answer", {"id": "compare-0-0-1", "choice": 2}, 400, '"choice" must be 0 or 1'),
+        ("/api/answer", {"id": "compare-0-0-1", "choice": "0"}, 400, '"choice" must be 0 or 1'),
+        ("/api/answer", {"id": "compare-0-0-1", "choice": True}, 400, '"choice" must be 0 or 1'),
+        ("/api/answer", {"id": "compare-0-0-1"}, 400, '"choice" must be 0 or 1'),
+        ("/api/answer", {"id": "compare-0-0-1", "choice": 0, "evil": 1}, 400, "unknown field"),
+        ("/api/answer", {"choice": 0}, 400, '"id" must be a string'),
+        ("/api/answer", [1, 2], 400, "expected a JSON object"),
+        ("/api/answer", {"id": "compare-2-0-1", "choice": 0}, 409, "already answered"),
+        ("/api/skip", {"id": "nope"}, 404, "unknown item id"),
+        ("/api/skip", {"id": "compare-2-0-1"}, 409, "already answered"),
+        ("/api/undo", {"x": 1}, 400, "empty JSON object"),
+        ("/api/nothing", {}, 404, "no such endpoint"),
+    ],
+)
+def test_bad_requests_leave_file_untouched(served, path: str, body: object, status: int, message: str) -> None:
+    client, _, out = served
+    assert client.post("/api/answer", {"id": "compare-2-0-1", "choice": 0})[0] == 200
+    before = out.read_bytes()
+    got_status, got = client.post(path, body)
+    assert got_status == status, got
+    assert message in got["error"]
+    assert out.read_bytes() == before
+    assert client.state()["done"] == 1
+
+
+def test_malformed_oversized_and_wrong_type_bodies(served) -> None:
+    client, _, out = served
+    client.post("/api/answer", {"id": "compare-0-0-1", "choice": 1})
+    before = out.read_bytes()
+    cases = [
+        (b"{not json", {}, 400, "malformed JSON"),
+        (b"\xff\xfe", {}, 400, "malformed JSON"),
+        (b'{"id": "compare-1-0-1", "choice": 0, "pad": "' + b"x" * MAX_BODY_BYTES + b'"}', {}, 413, "limit"),
+        (b'{"id": "compare-1-0-1", "choice": 0}', {"Content-Type": "text/plain"}, 415, "application/json"),
+        (b'{"id": "compare-1-0-1", "choice": 0}', {"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json"),
+    ]
+    for raw, headers, status, message in cases:
+        got_status, got = client.request("POST", "/api/answer", raw=raw, headers=headers)
+        assert (got_status, message in got["error"]) == (status, True), (raw[:40], got)
+        assert out.read_bytes() == before
+    # a foreign Host header (DNS rebinding) is refused
+    port = int(client.base.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    body = json.dumps({"id": "compare-1-0-1", "choice": 0})
+    conn.request("POST", "/api/answer", body=body, headers={"Host": f"evil.example:{port}", "Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 403 and "Host" in json.loads(response.read())["error"]
+    conn.close()
+    # no Content-Length
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.putrequest("POST", "/api/answer")
+    conn.putheader("Content-Type", "application/json")
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 411
+    conn.close()
+    assert out.read_bytes() == before
+    assert client.state()["done"] == 1
+
+
+def test_skip_and_undo(served) -> None:
+    client, _, out = served
+    status, _ = client.post("/api/undo", {})
+    assert status == 409  # nothing to undo yet
+    client.post("/api/answer", {"id": "compare-0-0-1", "choice": 0})
+    status, state = client.post("/api/skip", {"id": "compare-1-0-1"})
+    assert status == 200 and state["skipped"] == 1 and state["answered"] == 1 and state["item"]["id"] == "compare-2-0-1"
+    status, state = client.post("/api/undo", {})
+    assert status == 200 and state["undone"] == "compare-1-0-1" and state["item"]["id"] == "compare-1-0-1"
+    status, state = client.request("POST", "/api/undo", raw=b"")  # empty body is fine too
+    assert status == 200 and state["undone"] == "compare-0-0-1" and state["done"] == 0
+    assert state["item"]["id"] == "compare-0-0-1" and not state["can_undo"]
+    client.post("/api/answer", {"id": "compare-0-0-1", "choice": 1})
+    data = read_feedback(out)
+    assert [(p.id, p.chosen) for p in data.preferences] == [("compare-0-0-1", " cold and bland.")]
+    assert data.skipped == []
+    assert [list(line)[0] if "undo" in line or "skip" in line else "answer" for line in lines(out)] == [
+        "answer",
+        "skip",
+        "undo",
+        "undo",
+        "answer",
+    ]
+
+
+def test_finishing_and_restart_resume_without_duplicates(tmp_path: Path) -> None:
+    out = tmp_path / "fb.jsonl"
+    items = build_items(GENERATIONS, "compare")
+
+    def serve() -> tuple[LabelServer, FeedbackWriter, LabelSession, Client]:
+        writer = FeedbackWriter(out)
+        session = LabelSession(items, writer, mode="compare")
+        server = LabelServer(session, port=0)
+        return server, writer, session, Client(server.start())
+
+    server, writer, session, client = serve()
+    client.post("/api/answer", {"id": "compare-0-0-1", "choice": 0})
+    client.post("/api/skip", {"id": "compare-1-0-1"})
+    server.stop()
+    writer.close()
+
+    server, writer, session, client = serve()
+    try:
+        state = client.state()
+        assert (state["done"], state["answered"], state["skipped"]) == (2, 1, 1)
+        assert state["item"]["id"] == "compare-2-0-1"
+        assert client.post("/api/answer", {"id": "compare-0-0-1", "choice": 1})[0] == 409  # no duplicate
+        assert not session.wait_finished(timeout=0.05)
+        client.post("/api/answer", {"id": "compare-2-0-1", "choice": 1})
+        status, state = client.post("/api/answer", {"id": "compare-3-0-1", "choice": 0})
+        assert status == 200 and state["finished"] and state["item"] is None and state["remaining"] == 0
+        assert session.wait_finished(timeout=1)
+        status, state = client.post("/api/undo", {})  # undo still works when finished
+        assert not state["finished"] and state["item"]["id"] == "compare-3-0-1"
+        client.post("/api/answer", {"id": "compare-3-0-1", "choice": 1})
+    finally:
+        server.stop()
+        writer.close()
+    data = read_feedback(out)
+    ids = [p.id for p in data.preferences]
+    assert ids == ["compare-0-0-1", "compare-2-0-1", "compare-3-0-1"] and len(set(ids)) == len(ids)
+    assert data.skipped == ["compare-1-0-1"]
+    assert data.preferences[-1].chosen == ' plain\nnew line'
+
+
+def test_rate_mode(tmp_path: Path) -> None:
+    items = build_items(GENERATIONS[:2], "rate")
+    assert [i.id for i in items] == ["rate-0-0", "rate-0-1", "rate-1-0", "rate-1-1"]
+    with FeedbackWriter(tmp_path / "r.jsonl") as writer:
+        server = LabelServer(LabelSession(items, writer, mode="rate"), port=0)
+        client = Client(server.start())
+        try:
+            for bad in (0, 6, 2.5, "3", None, True):
+                assert client.post("/api/answer", {"id": "rate-0-0", "score": bad})[0] == 400
+            assert client.post("/api/answer", {"id": "rate-0-0", "score": 5})[0] == 200
+            assert client.post("/api/answer", {"id": "rate-0-1", "score": 1})[0] == 200
+        finally:
+            server.stop()
+    ratings = read_feedback(tmp_path / "r.jsonl").ratings
+    assert [(r.completion, r.score) for r in ratings] == [(" delicious and warm.", 5), (" cold and bland.", 1)]
+
+
+def test_rank_mode(tmp_path: Path) -> None:
+    gens = [Generation(0, "p", ("a", "b", "c"))]
+    items = build_items(gens, "rank")
+    assert items == [LabelItem("rank-0", "p", ("a", "b", "c"))]
+    assert [i.id for i in build_items(gens, "compare")] == ["compare-0-0-1", "compare-0-0-2", "compare-0-1-2"]
+    with FeedbackWriter(tmp_path / "k.jsonl") as writer:
+        server = LabelServer(LabelSession(items, writer, mode="rank"), port=0)
+        client = Client(server.start())
+        try:
+            for bad in ([0, 1], [0, 1, 1], [0, 1, 3], "012", [0, 1, True]):
+                assert client.post("/api/answer", {"id": "rank-0", "order": bad})[0] == 400
+            status, state = client.post("/api/answer", {"id": "rank-0", "order": [2, 0, 1]})
+            assert status == 200 and state["finished"]
+        finally:
+            server.stop()
+    (ranking,) = read_feedback(tmp_path / "k.jsonl").rankings
+    assert ranking.completions == ("c", "a", "b")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "example.com", "", "::"])
+def test_non_loopback_host_is_refused(tmp_path: Path, host: str) -> None:
+    with FeedbackWriter(tmp_path / "fb.jsonl") as writer:
+        session = LabelSession(build_items(GENERATIONS, "compare"), writer)
+        with pytest.raises(ConfigError, match="loopback"):
+            LabelServer(session, host=host, port=0)
+
+
+def test_localhost_alias_and_busy_port(tmp_path: Path) -> None:
+    with FeedbackWriter(tmp_path / "fb.jsonl") as writer:
+        session = LabelSession(build_items(GENERATIONS, "compare"), writer)
+        with LabelServer(session, host="localhost", port=0) as first:
+            assert first.url.startswith("http://127.0.0.1:")
+            with pytest.raises(ConfigError, match="--port 0"):
+                LabelServer(session, port=first.port).start()
+
+
+def test_session_rejects_inconsistent_items(tmp_path: Path) -> None:
+    with FeedbackWriter(tmp_path / "fb.jsonl") as writer:
+        with pytest.raises(ConfigError, match="unique"):
+            LabelSession([LabelItem("a", "p", ("x", "y")), LabelItem("a", "p", ("x", "y"))], writer)
+        with pytest.raises(ConfigError, match="needs 2"):
+            LabelSession([LabelItem("a", "p", ("x", "y", "z"))], writer, mode="compare")
+        with pytest.raises(ConfigError, match="mode"):
+            LabelSession([], writer, mode="vote")
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def test_generation_is_seeded_and_cached(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    prompts = ["The weather is", "I think", ""]
+    first = generate_completions(model, tokenizer, prompts, 2, max_new_tokens=6, seed=3)
+    again = generate_completions(model, tokenizer, prompts, 2, max_new_tokens=6, seed=3)
+    assert first == again
+    assert [g.prompt for g in first] == prompts and all(len(g.completions) == 2 for g in first)
+    assert all(isinstance(c, str) for g in first for c in g.completions)
+    # prompt i does not depend on how many prompts come before or after it
+    assert generate_completions(model, tokenizer, prompts[:1], 2, max_new_tokens=6, seed=3)[0] == first[0]
+    assert generate_completions(model, tokenizer, prompts, 2, max_new_tokens=6, seed=4) != first
+
+    out = tmp_path / "fb.jsonl"
+    settings = GenerationSettings(model="m", task="t", n=3, k=2, seed=3, max_new_tokens=6)
+    calls = []
+
+    def generate() -> list[Generation]:
+        calls.append(1)
+        return first
+
+    assert load_or_generate(out, settings, generate) == first
+    assert items_path_for(out).name == "fb.jsonl.items.json"
+    assert load_or_generate(out, settings, generate) == first  # reused, not regenerated
+    assert len(calls) == 1
+    other = GenerationSettings(model="m", task="t", n=3, k=2, seed=4, max_new_tokens=6)
+    with pytest.raises(ConfigError, match=r"seed=3 \(now 4\)"):
+        load_or_generate(out, other, generate)
+    items_path_for(out).write_text("{broken", encoding="utf-8")
+    with pytest.raises(ConfigError, match="delete it"):
+        load_or_generate(out, settings, generate)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    return env
+
+
+def test_label_command_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "fb.jsonl"
+    cmd = [
+        sys.executable, "-m", "agents.cli", "label", "--model", "tiny", "--task", "sentiment", "--n", "2", "--k", "2",
+        "--out", str(out), "--port", "0", "--no-browser", "--linger", "0", "--max-new-tokens", "4", "--device", "cpu",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if " at http://" in line:
+                url = line.split(" at ", 1)[1].strip()
+        assert url, proc.stderr.read() if proc.poll() is not None else "no URL printed"
+        client = Client(int(url.rstrip("/").rsplit(":", 1)[1]))
+        state = client.state()
+        assert state["total"] == 2
+        for choice in (0, 1):
+            status, state = client.post("/api/answer", {"id": state["item"]["id"], "choice": choice})
+            assert status == 200
+        assert proc.wait(timeout=30) == 0  # exits by itself when every item is done
+        tail = proc.stdout.read()
+        assert "done: 2 answered, 0 skipped" in tail
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert len(read_feedback(out).preferences) == 2
+    assert items_path_for(out).is_file()
+    # rerun with the same arguments: resumes, finds nothing left, exits at once
+    rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=_cli_env(), capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "already answered" in rerun.stdout
+    assert len(read_feedback(out).preferences) == 2
+
+
+def test_label_command_refuses_public_host(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "agents.cli", "label", "--out", str(tmp_path / "f.jsonl"), "--host", "0.0.0.0", "--no-browser"]
+    result = subprocess.run(cmd, cwd=REPO_ROOT, env=_cli_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines_ = result.stderr.strip().splitlines()
+    assert len(lines_) == 1 and lines_[0].startswith("textgen-rl label: error: host='0.0.0.0'"), result.stderr
+    assert not (tmp_path / "f.jsonl").exists()

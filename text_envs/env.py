@@ -1,0 +1,162 @@
+"""``TextGen-v0``: token-level text generation as a Gymnasium environment."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from transformers import PreTrainedModel
+
+from text_envs.config import RewardSpec, TextGenConfig, build_episode_batch, parse_reset_options, sample_prompt
+from text_envs.errors import ConfigError
+from text_envs.tasks import Task
+
+
+def observation_space(vocab_size: int, window: int) -> spaces.Dict:
+    """The ``Dict`` observation space of one TextGen env."""
+    return spaces.Dict({
+        "input_ids": spaces.Box(low=0, high=vocab_size - 1, shape=(window,), dtype=np.int64),
+        "attention_mask": spaces.Box(low=0, high=1, shape=(window,), dtype=np.int64),
+    })
+
+
+class TextGenEnv(gym.Env[dict, np.int64]):
+    """
+    ## Description
+
+    Token-level text generation. An episode starts from a prompt of the task; each action is
+    the id of the next token; the episode ends when the agent emits EOS or reaches
+    ``max_new_tokens``. The finished completion is scored by a pluggable reward model (the
+    task's default, or any other passed as ``reward_model``), and every token pays the
+    reference-model half of a KL penalty, so that RL fine-tuning stays close to a frozen
+    reference LM (Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences").
+
+    ## Action Space
+
+    ``Discrete(vocab_size)``: the id of the next token, where ``vocab_size`` is the output size of
+    the model's LM head. An id outside it raises :class:`~text_envs.errors.InvalidActionError`.
+
+    ## Observation Space
+
+    A ``Dict`` of two fixed-length int64 arrays of length ``W = max_prompt_tokens + max_new_tokens``,
+    holding prompt + generated tokens, **left-padded** (the newest token is always at index
+    ``W - 1``; padding uses the tokenizer's pad id):
+
+    | Key              | Shape  | Dtype | Min | Max            | Meaning                                  |
+    |------------------|--------|-------|-----|----------------|------------------------------------------|
+    | `input_ids`      | (W,)   | int64 | 0   | vocab_size - 1 | token ids; pad id where the mask is 0    |
+    | `attention_mask` | (W,)   | int64 | 0   | 1              | 1 on real tokens (prompt + generated)    |
+
+    ## Rewards
+
+    With ``beta = kl_coef``, ``R(x)`` the reward model's score of the finished completion ``x``,
+    and ``T`` the episode's last step, the env pays at step ``t``:
+
+        dense  (default): r_t = beta * log pi_ref(a_t | s_t)  +  [t == T] * R(x)
+        sparse:           r_t = [t == T] * (R(x) + beta * sum_t' log pi_ref(a_t' | s_t'))
+
+    The agent adds its own half, ``-beta * log pi(a_t | s_t)`` (TokenPPO does so exactly; stock
+    SB3 algorithms approximate it with ``ent_coef``). Then
+
+        E_pi[ sum_t r_t - beta * sum_t log pi(a_t|s_t) ] = E_pi[R(x)] - beta * KL(pi || pi_ref)
+
+    exactly: the KL-regularised objective, while the env's reward depends only on the state
+    and action (the env stays an MDP). ``kl_coef = 0`` loads no reference model.
+
+    ## Starting State
+
+    A prompt drawn uniformly (with ``self.np_random``) from the task's ``train`` split, or the
+    ``eval`` split with ``reset(options={"split": "eval"})``, or forced with
+    ``reset(options={"prompt": "..."})``. Prompts longer than ``max_prompt_tokens`` are
+    truncated from the left with a :class:`~text_envs.episode_batch.PromptTruncatedWarning`;
+    an empty prompt raises :class:`~text_envs.errors.InvalidPromptError`.
+
+    ## Episode End
+
+    * **Termination**: the agent emits an EOS token, *or* the completion reaches
+      ``max_new_tokens``. In both cases the env scores the text and reports ``terminated=True``:
+      the budget is part of the task (no reward follows the last token), so value targets must
+      not bootstrap past it. ``info["finish_reason"]`` tells which (``"eos"`` / ``"length"``).
+    * **Truncation**: never reported by the env itself; a ``TimeLimit`` wrapper is not needed and
+      must not be used to end episodes (it would end them unscored).
+
+    Stepping a finished episode raises :class:`~text_envs.errors.EpisodeFinishedError`.
+    On the last step ``info`` holds ``prompt``, ``text`` (the completion), ``score`` (``R(x)``),
+    ``kl_ref_logprob_sum`` (``sum_t log pi_ref(a_t|s_t)``; NaN when ``kl_coef=0``),
+    ``num_tokens``, ``finish_reason`` and ``kl_coef``, all plain Python values.
+
+    ## Arguments
+
+    ```python
+    gym.make("TextGen-v0", model="tiny", task="sentiment", reward_model=None, reward_kwargs=None,
+             kl_coef=0.05, kl_penalty="dense", max_new_tokens=None, max_prompt_tokens=64,
+             reference_model=None, device="auto", dtype="auto", render_mode=None)
+    ```
+    See :class:`~text_envs.config.TextGenConfig` for each; ``render_mode="ansi"`` renders
+    ``prompt + text so far``. ``gym.make_vec("TextGen-v0", num_envs=N, ...)`` gives the natively
+    batched :class:`~text_envs.vector_env.TextGenVectorEnv`.
+
+    ## Version History
+
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(self, model: str | PreTrainedModel = "tiny", task: str | Task = "sentiment",
+                 reward_model: RewardSpec = None, reward_kwargs: Mapping[str, Any] | None = None,
+                 kl_coef: float = 0.05, kl_penalty: str = "dense", max_new_tokens: int | None = None,
+                 max_prompt_tokens: int = 64, reference_model: str | PreTrainedModel | None = None,
+                 device: str = "auto", dtype: str = "auto", render_mode: str | None = None) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ConfigError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.config = TextGenConfig(model=model, task=task, reward_model=reward_model, reward_kwargs=reward_kwargs,
+                                    kl_coef=kl_coef, kl_penalty=kl_penalty, max_new_tokens=max_new_tokens,
+                                    max_prompt_tokens=max_prompt_tokens, reference_model=reference_model,
+                                    device=device, dtype=dtype)
+        self.render_mode = render_mode
+        self.batch, self.task = build_episode_batch(self.config, batch_size=1)
+        self.tokenizer = self.batch.tokenizer
+        self.action_space = spaces.Discrete(self.batch.vocab_size)
+        self.observation_space = observation_space(self.batch.vocab_size, self.batch.window)
+
+    @property
+    def kl_coef(self) -> float:
+        """The KL coefficient beta (settable, e.g. by an adaptive KL controller through ``set_attr``)."""
+        return self.batch.kl_coef
+
+    @kl_coef.setter
+    def kl_coef(self, value: float) -> None:
+        self.batch.kl_coef = value
+
+    @property
+    def reward_model(self) -> Any:
+        """The reward model scoring finished completions."""
+        return self.batch.reward_model
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        """Start an episode; ``options``: ``prompt`` (force a prompt), ``split`` (``"train"``/``"eval"``)."""
+        super().reset(seed=seed)
+        opts = parse_reset_options(options)
+        prompt = opts["prompt"] if "prompt" in opts else sample_prompt(self.task, opts["split"], self.np_random)
+        self.batch.start([0], [prompt])
+        return self.batch.observation(0), {"prompt": prompt}
+
+    def step(self, action: int) -> tuple[dict, float, bool, bool, dict]:
+        """Append token ``action``; see the class docstring for rewards and episode end."""
+        rewards, done, infos = self.batch.step(np.asarray([action]))
+        return self.batch.observation(0), float(rewards[0]), bool(done[0]), False, infos[0] or {}
+
+    def render(self) -> str | None:
+        """``"ansi"``: the prompt and the text generated so far."""
+        if self.render_mode != "ansi":
+            return None
+        slot = self.batch.slots[0]
+        return self.tokenizer.decode(slot.prompt_ids + slot.generated, skip_special_tokens=True)
+
+    def close(self) -> None:
+        """Release the reference model."""
+        self.batch.stepper = None
+        super().close()

@@ -1,0 +1,207 @@
+"""The batched episode logic shared by :class:`~text_envs.env.TextGenEnv` and its vector env.
+
+:class:`EpisodeBatch` runs ``B`` text-generation episodes side by side: it encodes prompts,
+builds the left-padded observations, validates actions, pays the per-token reference term of the
+KL penalty (one batched, KV-cached reference forward per step) and scores every sequence that
+finished on a step with one batched reward-model call. The single env is ``B = 1``; the vector
+env is ``B = num_envs``. Keeping one implementation guarantees both pay identical rewards.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from text_envs.errors import ConfigError, EpisodeFinishedError, InvalidActionError, InvalidPromptError
+from text_envs.lm_stepper import BatchedLMStepper
+from text_envs.rewards import RewardModel, validate_scores
+
+KL_PENALTIES = ("dense", "sparse")
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt longer than ``max_prompt_tokens`` was truncated from the left."""
+
+
+@dataclass
+class SlotState:
+    """One episode in the batch."""
+
+    prompt: str = ""
+    prompt_ids: list[int] = field(default_factory=list)
+    generated: list[int] = field(default_factory=list)
+    finished: bool = True
+    ref_logprob_sum: float = 0.0
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_prompt_tokens: int) -> list[int]:
+    """Token ids of ``prompt`` (with the tokenizer's special prefix, e.g. BOS), left-truncated to the budget."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidPromptError(f"prompt must be a non-empty string, got {prompt!r}")
+    ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    if len(ids) > max_prompt_tokens:
+        warnings.warn(f"prompt of {len(ids)} tokens truncated from the left to max_prompt_tokens="
+                      f"{max_prompt_tokens}: {prompt[:60]!r}", PromptTruncatedWarning, stacklevel=3)
+        ids = ids[-max_prompt_tokens:]
+    return ids
+
+
+class EpisodeBatch:
+    """``batch_size`` parallel episodes of token-level generation.
+
+    :param tokenizer: tokenizer of the policy's model (defines the vocabulary and EOS).
+    :param vocab_size: size of the action space (the model's output dimension).
+    :param reward_model: batched reward model scoring finished completions.
+    :param reference: frozen reference LM for the KL term, or None (``kl_coef`` must then stay 0).
+    :param kl_coef: coefficient of the KL penalty.
+    :param kl_penalty: ``"dense"`` (pay ``kl_coef * log pi_ref(a_t|s_t)`` every step) or ``"sparse"``
+        (pay the sum at the end).
+    :param max_new_tokens: token budget of an episode.
+    :param max_prompt_tokens: prompts are left-truncated to this many tokens.
+    :param eos_token_ids: token ids that end an episode.
+    :param batch_size: number of parallel episodes.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, reward_model: RewardModel,
+                 reference: PreTrainedModel | None, kl_coef: float, kl_penalty: str, max_new_tokens: int,
+                 max_prompt_tokens: int, eos_token_ids: frozenset[int], batch_size: int) -> None:
+        if kl_penalty not in KL_PENALTIES:
+            raise ConfigError(f"kl_penalty must be one of {KL_PENALTIES}, got {kl_penalty!r}")
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.reward_model = reward_model
+        self.kl_penalty = kl_penalty
+        self.max_new_tokens = max_new_tokens
+        self.max_prompt_tokens = max_prompt_tokens
+        self.eos_token_ids = eos_token_ids
+        self.batch_size = batch_size
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.window = max_prompt_tokens + max_new_tokens
+        self.stepper = BatchedLMStepper(reference, batch_size, self.pad_id) if reference is not None else None
+        self.ref_logprobs: torch.Tensor | None = None  # (B, V) log pi_ref(. | s_t) of the current state
+        self.slots = [SlotState() for _ in range(batch_size)]
+        self._kl_coef = 0.0
+        self.kl_coef = kl_coef
+
+    @property
+    def kl_coef(self) -> float:
+        """Coefficient of the KL penalty; adaptive controllers may change it between steps."""
+        return self._kl_coef
+
+    @kl_coef.setter
+    def kl_coef(self, value: float) -> None:
+        value = float(value)
+        if not np.isfinite(value) or value < 0:
+            raise ConfigError(f"kl_coef must be a finite number >= 0, got {value!r}")
+        if value > 0 and self.stepper is None:
+            raise ConfigError(f"kl_coef={value} needs a reference model, but this env was created with kl_coef=0 "
+                              "(which loads none): create it with kl_coef > 0")
+        self._kl_coef = value
+
+    # ----------------------------------------------------------------------------------------- reset
+    def start(self, slots: list[int], prompts: list[str]) -> None:
+        """Begin new episodes in ``slots`` from ``prompts`` (one batched reference prefill)."""
+        encoded = [encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens) for prompt in prompts]
+        for slot, prompt, ids in zip(slots, prompts, encoded):
+            self.slots[slot] = SlotState(prompt=prompt, prompt_ids=ids, finished=False)
+        if self.stepper is not None:
+            logits = self.stepper.prefill(slots, encoded).logits
+            if self.ref_logprobs is None:
+                self.ref_logprobs = torch.zeros((self.batch_size, logits.shape[-1]), device=logits.device)
+            self.ref_logprobs[torch.as_tensor(slots, device=logits.device)] = torch.log_softmax(logits, -1)
+
+    # ----------------------------------------------------------------------------------- observation
+    def observation(self, slot: int) -> dict[str, np.ndarray]:
+        """Left-padded ``input_ids`` and ``attention_mask`` (int64, length ``window``) of one slot."""
+        state = self.slots[slot]
+        tokens = state.prompt_ids + state.generated
+        ids = np.full(self.window, self.pad_id, dtype=np.int64)
+        mask = np.zeros(self.window, dtype=np.int64)
+        ids[self.window - len(tokens):] = tokens
+        mask[self.window - len(tokens):] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def observations(self) -> dict[str, np.ndarray]:
+        """Observations of all slots stacked: ``(B, window)`` arrays."""
+        per_slot = [self.observation(slot) for slot in range(self.batch_size)]
+        return {key: np.stack([obs[key] for obs in per_slot]) for key in ("input_ids", "attention_mask")}
+
+    def completion_text(self, slot: int) -> str:
+        """Decoded completion of a slot, without the final EOS or other special tokens."""
+        tokens = [t for t in self.slots[slot].generated if t not in self.eos_token_ids]
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    # ------------------------------------------------------------------------------------------ step
+    def _validate(self, actions: np.ndarray) -> np.ndarray:
+        actions = np.asarray(actions).reshape(-1)
+        if actions.shape[0] != self.batch_size:
+            raise InvalidActionError(f"expected {self.batch_size} actions, got {actions.shape[0]}")
+        if not np.issubdtype(actions.dtype, np.integer):
+            if not np.all(np.mod(actions, 1) == 0):
+                raise InvalidActionError(f"actions must be integer token ids, got {actions.tolist()}")
+            actions = actions.astype(np.int64)
+        for slot, action in enumerate(actions):
+            if not 0 <= int(action) < self.vocab_size:
+                raise InvalidActionError(f"token id {int(action)} is outside Discrete({self.vocab_size}): "
+                                         f"valid ids are 0..{self.vocab_size - 1}")
+            if self.slots[slot].finished:
+                raise EpisodeFinishedError("step() called on a finished episode: call reset() first")
+        return actions.astype(np.int64)
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any] | None]]:
+        """Apply one token per slot; returns ``rewards (B,)``, ``terminated (B,)`` and, per slot, the final
+        info dict of an episode that ended on this step (else None)."""
+        actions = self._validate(actions)
+        ref_logp = np.zeros(self.batch_size)
+        if self.stepper is not None:
+            index = torch.as_tensor(actions, device=self.ref_logprobs.device)
+            ref_logp = self.ref_logprobs.gather(1, index[:, None]).squeeze(1).double().cpu().numpy()
+        rewards = np.zeros(self.batch_size)
+        done = np.zeros(self.batch_size, dtype=bool)
+        for slot, action in enumerate(actions):
+            state = self.slots[slot]
+            state.generated.append(int(action))
+            state.ref_logprob_sum += float(ref_logp[slot])
+            done[slot] = int(action) in self.eos_token_ids or len(state.generated) >= self.max_new_tokens
+            if self.kl_penalty == "dense":
+                rewards[slot] = self.kl_coef * ref_logp[slot]
+            elif done[slot]:
+                rewards[slot] = self.kl_coef * state.ref_logprob_sum
+        infos: list[dict[str, Any] | None] = [None] * self.batch_size
+        if done.any():
+            finished = np.flatnonzero(done).tolist()
+            scores = self._score(finished)
+            for slot, score in zip(finished, scores):
+                rewards[slot] += score
+                self.slots[slot].finished = True
+                infos[slot] = self.final_info(slot, float(score))
+        if self.stepper is not None and not done.all():
+            active = torch.as_tensor(~done)
+            logits = self.stepper.step(torch.as_tensor(actions), active).logits
+            self.ref_logprobs = torch.log_softmax(logits, -1)
+        return rewards, done, infos
+
+    def _score(self, slots: list[int]) -> np.ndarray:
+        prompts = [self.slots[slot].prompt for slot in slots]
+        completions = [self.completion_text(slot) for slot in slots]
+        name = getattr(self.reward_model, "name", type(self.reward_model).__name__)
+        return validate_scores(self.reward_model(prompts, completions), len(slots), name)
+
+    def final_info(self, slot: int, score: float) -> dict[str, Any]:
+        """The info dict of a finished episode (plain Python values)."""
+        state = self.slots[slot]
+        last = state.generated[-1]
+        return {
+            "prompt": state.prompt,
+            "text": self.completion_text(slot),
+            "score": score,
+            "kl_ref_logprob_sum": state.ref_logprob_sum if self.stepper is not None else float("nan"),
+            "num_tokens": len(state.generated),
+            "finish_reason": "eos" if last in self.eos_token_ids else "length",
+            "kl_coef": self.kl_coef,
+        }

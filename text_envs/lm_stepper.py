@@ -1,0 +1,154 @@
+"""Token-by-token stepping of a causal LM over a batch of independent streams, with a KV cache.
+
+Both the environment (frozen reference model) and the agents' policy step a language model one
+token at a time over ``B`` parallel episodes that start and end at different times. Running the
+full context through the model at every step costs O(T^2); :class:`BatchedLMStepper` keeps one
+batched, *left-padded* key/value cache instead, so each step is a single forward over ``B`` new
+tokens:
+
+* ``prefill(slots, sequences)`` (re)starts some slots from a token sequence (one batched forward
+  over those slots, left-padded), writing their keys/values at the right end of the shared cache;
+* ``step(tokens, active)`` appends one token to every slot (inactive slots get a masked column).
+
+Columns that are masked for every slot (history of finished episodes) are trimmed from the left,
+so the cache stays as long as the longest live episode. Position ids are tracked per slot, which
+makes the result equal (to float tolerance) to an uncached forward over each slot's tokens.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+
+class StepOutput(NamedTuple):
+    """What one prefill or step returns."""
+
+    logits: torch.Tensor  # (B, V) next-token logits, float32
+    hidden: torch.Tensor | None  # (B, H) last-layer hidden state of the newest token, or None
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into ``input_ids`` and ``attention_mask``, both ``(B, max_len)`` int64."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if len(seq):
+            ids[row, width - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[row, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for a left-padded batch: ``cumsum(mask) - 1``, clamped at 0 on padding. ``(B, T)``."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class BatchedLMStepper:
+    """Steps ``model`` over ``batch_size`` token streams with one left-padded KV cache.
+
+    :param model: any Hugging Face causal LM (``AutoModelForCausalLM``).
+    :param batch_size: number of parallel streams (slots).
+    :param pad_id: token id used for padding (never attended to).
+    :param output_hidden: also return the last-layer hidden state of the newest token (for value heads).
+    """
+
+    def __init__(self, model: PreTrainedModel, batch_size: int, pad_id: int, output_hidden: bool = False) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+        self.output_hidden = output_hidden
+        self.cache: DynamicCache | None = None
+        self.device = next(model.parameters()).device
+        self.mask = torch.zeros((batch_size, 0), dtype=torch.long, device=self.device)  # (B, T)
+        self.positions = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # (B,) real tokens so far
+        self.tokens: list[list[int]] = [[] for _ in range(batch_size)]  # what each slot has consumed
+
+    @property
+    def cache_length(self) -> int:
+        """Number of columns currently held in the cache."""
+        return int(self.mask.shape[1])
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                 cache: DynamicCache) -> StepOutput:
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1, output_hidden_states=self.output_hidden)
+        hidden = out.hidden_states[-1][:, -1].float() if self.output_hidden else None
+        return StepOutput(out.logits[:, -1].float(), hidden)
+
+    @torch.no_grad()
+    def prefill(self, slots: Sequence[int], sequences: Sequence[Sequence[int]]) -> StepOutput:
+        """Restart ``slots`` from ``sequences`` (each non-empty); returns outputs for those slots only."""
+        if len(slots) != len(sequences) or not slots:
+            raise ValueError(f"prefill needs one non-empty sequence per slot, got {len(slots)} slots")
+        ids, mask = left_pad(sequences, self.pad_id, self.device)
+        fresh = DynamicCache()
+        out = self._forward(ids, mask, positions_from_mask(mask), fresh)
+        self._merge(list(slots), fresh, mask)
+        for slot, seq in zip(slots, sequences):
+            self.tokens[slot] = list(seq)
+        return out
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> StepOutput:
+        """Append ``tokens`` ``(B,)`` to every slot; slots with ``active == False`` are masked out."""
+        if self.cache is None:
+            raise RuntimeError("step() before prefill(): every slot needs a prefix first")
+        active = torch.ones(self.batch_size, dtype=torch.bool, device=self.device) if active is None else active
+        active = active.to(self.device)
+        tokens = torch.where(active, tokens.to(self.device), torch.full_like(tokens, self.pad_id, device=self.device))
+        self.mask = torch.cat([self.mask, active.long()[:, None]], dim=1)
+        out = self._forward(tokens[:, None], self.mask, self.positions[:, None], self.cache)
+        self.positions = self.positions + active.long()
+        for slot in torch.nonzero(active).flatten().tolist():
+            self.tokens[slot].append(int(tokens[slot]))
+        self._trim()
+        return out
+
+    def _merge(self, slots: list[int], fresh: DynamicCache, fresh_mask: torch.Tensor) -> None:
+        """Write a prefilled cache for ``slots`` into the right end of the shared cache."""
+        width = fresh_mask.shape[1]
+        if self.cache is None:
+            self.cache = DynamicCache()
+            for layer in fresh.layers:
+                shape = (self.batch_size, *layer.keys.shape[1:2], 0, layer.keys.shape[-1])
+                empty_k = layer.keys.new_zeros(shape)
+                empty_v = layer.values.new_zeros((*shape[:-1], layer.values.shape[-1]))
+                self.cache.update(empty_k, empty_v, len(self.cache.layers))
+        if width > self.cache_length:
+            self._pad_left(width - self.cache_length)
+        index = torch.as_tensor(slots, device=self.device)
+        start = self.cache_length - width
+        for shared, new in zip(self.cache.layers, fresh.layers):
+            shared.keys[index] = 0
+            shared.values[index] = 0
+            shared.keys[index, :, start:] = new.keys
+            shared.values[index, :, start:] = new.values
+        self.mask[index] = 0
+        self.mask[index, start:] = fresh_mask
+        self.positions[index] = fresh_mask.sum(-1)
+        self._trim()
+
+    def _pad_left(self, n: int) -> None:
+        for layer in self.cache.layers:
+            layer.keys = torch.cat([layer.keys.new_zeros((*layer.keys.shape[:2], n, layer.keys.shape[-1])),
+                                    layer.keys], dim=2)
+            layer.values = torch.cat([layer.values.new_zeros((*layer.values.shape[:2], n, layer.values.shape[-1])),
+                                      layer.values], dim=2)
+        self.mask = torch.cat([self.mask.new_zeros((self.batch_size, n)), self.mask], dim=1)
+
+    def _trim(self) -> None:
+        """Drop leading columns that no slot attends to."""
+        used = self.mask.any(dim=0)
+        if used.all() or not used.any():
+            return
+        cut = int(torch.nonzero(used)[0])
+        if cut == 0:
+            return
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[:, :, cut:]
+            layer.values = layer.values[:, :, cut:]
+        self.mask = self.mask[:, cut:]

@@ -1,0 +1,170 @@
+"""The natively batched ``TextGen-v0`` vector env (``gym.make_vec("TextGen-v0", num_envs=N)``)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from transformers import PreTrainedModel
+
+from text_envs.config import RewardSpec, TextGenConfig, build_episode_batch, parse_reset_options, sample_prompt
+from text_envs.env import observation_space
+from text_envs.errors import ConfigError
+from text_envs.tasks import Task
+
+VECTOR_RESET_OPTIONS = ("prompt", "prompts", "split", "group_size")
+
+
+class TextGenVectorEnv(VectorEnv):
+    """``num_envs`` TextGen episodes stepped together, with one batched reference model.
+
+    Same observations, rewards and episode ends as ``num_envs`` :class:`~text_envs.env.TextGenEnv`
+    seeded ``seed, seed + 1, ...`` (sub-env ``i`` draws its prompts with its own generator), but
+    each step makes **one** batched, KV-cached reference-model forward for all sub-envs, and
+    **one** batched reward-model call for all sequences that finished on that step.
+
+    **Autoreset** (``metadata["autoreset_mode"] = AutoresetMode.SAME_STEP``): a sub-env whose
+    episode ends is reset within the same ``step`` call. The returned observation is then the
+    first observation of the new episode; the last observation and info of the finished episode
+    are in ``info["final_obs"][i]`` and ``info["final_info"]`` (with mask
+    ``info["_final_info"]``), as Gymnasium's ``SyncVectorEnv`` reports them in this mode and as
+    stable-baselines3's ``VecEnv`` expects.
+
+    **Grouped resets**: ``reset(options={"group_size": k})`` (``num_envs`` must be a multiple of
+    ``k``) makes consecutive groups of ``k`` sub-envs share one prompt, drawn by the group's first
+    sub-env, and keeps doing so at every autoreset: a group finishes together only by chance, so
+    each sub-env of a group draws its next prompt from the group's shared generator in order of
+    episode count. This is what critic-free algorithms (RLOO, GRPO) need: ``k`` completions of the
+    same prompt in one batch. ``reset(options={"prompts": [...]})`` forces one prompt per sub-env.
+
+    Arguments are those of :class:`~text_envs.env.TextGenEnv` plus ``num_envs``.
+    """
+
+    metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(self, num_envs: int = 1, model: str | PreTrainedModel = "tiny", task: str | Task = "sentiment",
+                 reward_model: RewardSpec = None, reward_kwargs: Mapping[str, Any] | None = None,
+                 kl_coef: float = 0.05, kl_penalty: str = "dense", max_new_tokens: int | None = None,
+                 max_prompt_tokens: int = 64, reference_model: str | PreTrainedModel | None = None,
+                 device: str = "auto", dtype: str = "auto", render_mode: str | None = None) -> None:
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ConfigError(f"num_envs must be a positive int, got {num_envs!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ConfigError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.config = TextGenConfig(model=model, task=task, reward_model=reward_model, reward_kwargs=reward_kwargs,
+                                    kl_coef=kl_coef, kl_penalty=kl_penalty, max_new_tokens=max_new_tokens,
+                                    max_prompt_tokens=max_prompt_tokens, reference_model=reference_model,
+                                    device=device, dtype=dtype)
+        self.num_envs = num_envs
+        self.render_mode = render_mode
+        self.batch, self.task = build_episode_batch(self.config, batch_size=num_envs)
+        self.tokenizer = self.batch.tokenizer
+        self.single_action_space = spaces.Discrete(self.batch.vocab_size)
+        self.single_observation_space = observation_space(self.batch.vocab_size, self.batch.window)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.spec = None
+        self._rngs = [seeding.np_random()[0] for _ in range(num_envs)]
+        self._split = "train"
+        self._group_size = 1
+        self._group_queues: dict[int, list[str]] = {}
+        self._episode_counts = [0] * num_envs
+
+    @property
+    def kl_coef(self) -> float:
+        """The KL coefficient beta of every sub-env (settable, e.g. by an adaptive KL controller)."""
+        return self.batch.kl_coef
+
+    @kl_coef.setter
+    def kl_coef(self, value: float) -> None:
+        self.batch.kl_coef = value
+
+    @property
+    def reward_model(self) -> Any:
+        """The reward model scoring finished completions."""
+        return self.batch.reward_model
+
+    # ----------------------------------------------------------------------------------------- reset
+    def reset(self, *, seed: int | list[int] | None = None,
+              options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Reset every sub-env. ``seed``: int (sub-env ``i`` gets ``seed + i``) or a list of seeds.
+        ``options``: ``split``, ``prompt`` (all sub-envs), ``prompts`` (one each), ``group_size``."""
+        seeds = self._seeds(seed)
+        if seeds is not None:
+            self._rngs = [seeding.np_random(s)[0] for s in seeds]
+        opts = parse_reset_options(options, VECTOR_RESET_OPTIONS)
+        self._split = opts["split"]
+        self._group_size = self._validate_group_size(opts.get("group_size", 1))
+        self._group_queues = {}
+        self._episode_counts = [0] * self.num_envs
+        if "prompts" in opts:
+            prompts = list(opts["prompts"])
+            if len(prompts) != self.num_envs:
+                raise ConfigError(f"reset option prompts needs {self.num_envs} prompts, got {len(prompts)}")
+        elif "prompt" in opts:
+            prompts = [opts["prompt"]] * self.num_envs
+        else:
+            prompts = [self._next_prompt(i) for i in range(self.num_envs)]
+        self.batch.start(list(range(self.num_envs)), prompts)
+        return self.batch.observations(), {"prompt": np.array(prompts, dtype=object),
+                                           "_prompt": np.ones(self.num_envs, dtype=bool)}
+
+    def _seeds(self, seed: int | list[int] | None) -> list[int] | None:
+        if seed is None:
+            return None
+        if isinstance(seed, int):
+            return [seed + i for i in range(self.num_envs)]
+        seeds = list(seed)
+        if len(seeds) != self.num_envs:
+            raise ConfigError(f"seed list needs {self.num_envs} seeds, got {len(seeds)}")
+        return seeds
+
+    def _validate_group_size(self, group_size: Any) -> int:
+        if not isinstance(group_size, int) or group_size < 1 or self.num_envs % group_size:
+            raise ConfigError(f"group_size must be a positive int dividing num_envs={self.num_envs}, "
+                              f"got {group_size!r}")
+        return group_size
+
+    def _next_prompt(self, env_index: int) -> str:
+        """The next prompt of a sub-env: its own draw, or its group's shared draw."""
+        if self._group_size == 1:
+            return sample_prompt(self.task, self._split, self._rngs[env_index])
+        group = env_index // self._group_size
+        queue = self._group_queues.setdefault(group, [])
+        episode = self._episode_counts[env_index]
+        leader_rng = self._rngs[group * self._group_size]
+        while len(queue) <= episode:
+            queue.append(sample_prompt(self.task, self._split, leader_rng))
+        return queue[episode]
+
+    # ------------------------------------------------------------------------------------------ step
+    def step(self, actions: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step every sub-env with one token each; finished sub-envs are reset in the same call."""
+        rewards, terminated, final_infos = self.batch.step(actions)
+        infos: dict[str, Any] = {}
+        finished = np.flatnonzero(terminated).tolist()
+        if finished:
+            final_obs = {i: self.batch.observation(i) for i in finished}
+            for i in finished:
+                final_infos[i].update(group=i // self._group_size, group_episode=self._episode_counts[i])
+                self._episode_counts[i] += 1
+            self.batch.start(finished, [self._next_prompt(i) for i in finished])
+            for i in finished:
+                infos = self._add_info(infos, {"final_obs": final_obs[i], "final_info": final_infos[i]}, i)
+        return (self.batch.observations(), rewards.astype(np.float64), terminated,
+                np.zeros(self.num_envs, dtype=bool), infos)
+
+    def render(self) -> tuple[str, ...] | None:
+        """``"ansi"``: prompt + text so far of every sub-env."""
+        if self.render_mode != "ansi":
+            return None
+        return tuple(self.tokenizer.decode(s.prompt_ids + s.generated, skip_special_tokens=True)
+                     for s in self.batch.slots)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Release the reference model."""
+        self.batch.stepper = None
