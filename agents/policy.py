@@ -64,6 +64,13 @@ def _trim_left_padding(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
     return ids[:, first:], mask[:, first:]
 
 
+def _disable_dropout(module: nn.Module) -> None:
+    """Set every dropout probability to 0: rollout and update must see the same distribution (PPO's ratio)."""
+    for child in module.modules():
+        if isinstance(child, nn.Dropout):
+            child.p = 0.0
+
+
 class TransformerPolicyCore:
     """The LM machinery shared by :class:`TransformerPolicy` and :class:`MaskableTransformerPolicy`."""
 
@@ -97,11 +104,13 @@ class TransformerPolicyCore:
         """Load the LM (fp32 master weights), the value head and, optionally, a separate value trunk."""
         self.lm = load_model(self.model_name, device="cpu", dtype="float32", trust_remote_code=self.trust_remote_code)
         self.lm.requires_grad_(True)
+        _disable_dropout(self.lm)
         hidden = self.lm.config.get_text_config().hidden_size
         self.value_model = None
         if self.value_trunk == "separate":
             self.value_model = AutoModel.from_config(self.lm.config.get_text_config())
             self.value_model.load_state_dict(self.lm.base_model.state_dict())
+            _disable_dropout(self.value_model)
         self.value_head = nn.Linear(hidden, 1)
         nn.init.normal_(self.value_head.weight, std=1.0 / np.sqrt(hidden + 1))
         nn.init.zeros_(self.value_head.bias)

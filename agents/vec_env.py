@@ -86,9 +86,11 @@ class TextGenVecEnv(VecEnv):
 
     def action_masks(self) -> np.ndarray:
         """``(num_envs, vocab_size)`` boolean masks from the reference model's top-k / top-p (NLPO-style)."""
+        if self.env.batch.stepper is None:
+            raise ConfigError("action masks come from the reference model: create the env with kl_coef > 0")
         logprobs = self.env.batch.ref_logprobs
         if logprobs is None:
-            raise ConfigError("action masks come from the reference model: create the env with kl_coef > 0")
+            raise ConfigError("action_masks() before reset(): call reset() first")
         if not self.mask_top_k and self.mask_top_p >= 1:
             return np.ones((self.num_envs, self.action_space.n), dtype=bool)
         with torch.no_grad():
@@ -98,8 +100,10 @@ class TextGenVecEnv(VecEnv):
         self.env.close()
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        """All sub-envs share one batched env: the attribute is read from it for every index."""
-        return [getattr(self.env, attr_name)] * len(self._get_indices(indices))
+        """All sub-envs share one batched env: the attribute is read from it for every index
+        (``action_masks`` is the adapter's own method)."""
+        source = self if attr_name == "action_masks" else self.env
+        return [getattr(source, attr_name)] * len(self._get_indices(indices))
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         """Set an attribute (e.g. ``kl_coef``) on the batched env; it applies to every sub-env."""

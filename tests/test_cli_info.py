@@ -44,10 +44,10 @@ def test_models_subprocess_table(repo_root: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "cache").exists()  # listing never converts anything
 
 
-def test_models_subprocess_json(repo_root: Path, tmp_path: Path) -> None:
-    result = _run_cli(repo_root, tmp_path / "cache", "models", "--json")
-    assert result.returncode == 0, result.stderr
-    records = json.loads(result.stdout)
+def test_models_json(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TEXT_ENVS_CACHE", str(tmp_path / "cache"))
+    assert main(["models", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
     assert [r["alias"] for r in records] == list(MODEL_ALIASES)
     for record in records:
         assert set(record) == {"alias", "available", "description", "detail"}

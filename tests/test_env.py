@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2LMHeadModel
 
 import text_envs  # noqa: F401
 from text_envs.episode_batch import PromptTruncatedWarning
 from text_envs.errors import (ConfigError, EpisodeFinishedError, InvalidActionError, InvalidPromptError,
                               RewardModelError)
 from text_envs.tasks import list_tasks
+from tests.micro import build_micro_model
 
 
 def make_env(model_dir: Path, **kwargs):
@@ -180,26 +181,9 @@ def test_bad_reward_values_raise_naming_the_model(tiny_gpt2_dir, bad):
 # ------------------------------------------------------------------------- exact KL by enumeration
 @pytest.fixture(scope="module")
 def micro_models(tmp_path_factory):
-    """A 5-token vocabulary (<pad>, </s>, <unk>, a, b) with a random policy and a random reference."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "b": 4}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-    dirs = {}
-    for name, seed in (("policy", 1), ("reference", 2)):
-        torch.manual_seed(seed)
-        config = GPT2Config(vocab_size=5, n_layer=1, n_embd=16, n_head=2, n_positions=16, eos_token_id=1,
-                            pad_token_id=0, bos_token_id=None)
-        model = GPT2LMHeadModel(config)
-        with torch.no_grad():
-            model.lm_head.weight.mul_(20)  # make the distributions far from uniform
-        path = tmp_path_factory.mktemp(name)
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        dirs[name] = path
-    return dirs
+    """A 5-token vocabulary with a random policy and a random reference, far from uniform."""
+    return {name: build_micro_model(tmp_path_factory.mktemp(name), seed, logit_scale=20.0)
+            for name, seed in (("policy", 1), ("reference", 2))}
 
 
 def sequence_logprob(model, prompt_ids, tokens):

@@ -33,18 +33,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from huggingface_hub.errors import HFValidationError
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+
+if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds, and listing models needs none of it
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from text_envs.errors import ConfigError, MissingDependencyError, UnknownModelError
 
@@ -237,11 +232,14 @@ def _cache_root() -> Path:
 
 
 def _smollm2_cache_dir() -> Path:
+    """Where the converted SmolLM2 model and tokenizer are cached."""
     return _cache_root() / _SMOLLM2_CACHE_SUBDIR
 
 
 def _is_complete_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors")) and (path / "tokenizer_config.json").is_file()
+    """Whether ``path`` holds a config, safetensors weights and a tokenizer config."""
+    required = (path / "config.json", path / "tokenizer_config.json")
+    return all(file.is_file() for file in required) and any(path.glob("*.safetensors"))
 
 
 def _locate_smollm2_package() -> Path | None:
@@ -295,6 +293,7 @@ def _convert_smollm2_gguf(gguf_path: Path) -> tuple[PreTrainedModel, PreTrainedT
     write. Building the model from the GGUF config and loading the dequantized tensors gives a plain
     model (same outputs) that can be cached.
     """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     folder, file_name = str(gguf_path.parent), gguf_path.name
@@ -376,7 +375,7 @@ def _resolve_source(name: str | os.PathLike[str], *, convert: bool = True) -> tu
     return text, {}
 
 
-def _from_pretrained(loader: type, name: str | os.PathLike[str], *, convert: bool = True, **kwargs: object):
+def _from_pretrained(loader: type, name: str | os.PathLike[str], *, convert: bool = True, **kwargs: Any) -> Any:
     """Call ``loader.from_pretrained`` on the resolved source, turning lookup failures into UnknownModelError."""
     source, extra = _resolve_source(name, convert=convert)
     if Path(source).exists():
@@ -406,6 +405,8 @@ def load_config(name_or_path: str | os.PathLike[str] = "tiny") -> PretrainedConf
     :raises UnknownModelError: If the name resolves to nothing.
     :raises MissingDependencyError: If the alias needs a package that is not installed.
     """
+    from transformers import AutoConfig
+
     return _from_pretrained(AutoConfig, name_or_path, convert=False)
 
 
@@ -423,6 +424,8 @@ def load_tokenizer(
     :raises UnknownModelError: If the name resolves to nothing.
     :raises MissingDependencyError: If the alias needs a package that is not installed.
     """
+    from transformers import AutoTokenizer
+
     tokenizer = _from_pretrained(AutoTokenizer, name_or_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
@@ -457,6 +460,8 @@ def load_model(
     :raises MissingDependencyError: If the alias needs a package that is not installed.
     :raises ConfigError: On a bad ``device`` or ``dtype``.
     """
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
     if not _threads_configured:
         configure_threads()
     torch_device = resolve_device(device)

@@ -88,7 +88,7 @@ class TokenPPO(SequenceOnPolicyAlgorithm):
                 for key, value in (("policy_loss", policy_loss), ("value_loss", value_loss),
                                    ("entropy", entropy_mean), ("approx_kl", approx_kl),
                                    ("clip_fraction", clip_fraction)):
-                    stats[key].append(float(value))
+                    stats[key].append(float(value.detach()) if torch.is_tensor(value) else float(value))
             if not continue_training:
                 break
         self._n_updates += self.n_epochs

@@ -16,8 +16,10 @@ On the command line: ``--reward-model learned:rm/`` (see :func:`parse_reward_spe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,20 @@ def rm_input_text(prompt: str, completion: str) -> str:
     """The text a learned reward model reads: ``prompt + completion`` (a space is inserted when
     neither side has whitespace at the boundary, as in :func:`~text_envs.rewards.base.join_prompt`)."""
     return join_prompt(prompt, completion)
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Hide transformers' "Loading weights" bar while the model loads (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _check_folder(path: Path) -> dict[str, Any]:
@@ -97,8 +113,9 @@ class LearnedReward:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-            self.model = AutoModelForSequenceClassification.from_pretrained(str(self.path), local_files_only=True)
+            with _no_progress_bars():
+                self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+                self.model = AutoModelForSequenceClassification.from_pretrained(str(self.path), local_files_only=True)
         except (OSError, ValueError, KeyError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ConfigError(f"cannot load the reward model in {str(self.path)!r}: {first_line}; {_HOW_TO_CREATE}") from None
