@@ -3,12 +3,13 @@
 * :class:`TransformerPolicy` / :class:`MaskableTransformerPolicy`: SB3 policies wrapping any
   ``AutoModelForCausalLM`` (works with stock ``PPO``, ``A2C`` and ``sb3_contrib.MaskablePPO``);
 * :class:`TokenPPO`: token-level PPO evaluating whole sequences in one forward pass;
+* :class:`Reinforce`, :class:`RLOO`, :class:`GRPO`: critic-free sequence-level algorithms;
 * :func:`make_text_vec_env`: the batched TextGen env as an SB3 ``VecEnv``.
 """
 
-from agents.algos import SequenceOnPolicyAlgorithm, TokenPPO
+from agents.algos import GRPO, RLOO, Reinforce, SequenceOnPolicyAlgorithm, TokenPPO
 from agents.policy import MaskableTransformerPolicy, TransformerPolicy
 from agents.vec_env import TextGenVecEnv, make_text_vec_env
 
-__all__ = ["MaskableTransformerPolicy", "SequenceOnPolicyAlgorithm", "TextGenVecEnv", "TokenPPO",
-           "TransformerPolicy", "make_text_vec_env"]
+__all__ = ["GRPO", "RLOO", "MaskableTransformerPolicy", "Reinforce", "SequenceOnPolicyAlgorithm", "TextGenVecEnv",
+           "TokenPPO", "TransformerPolicy", "make_text_vec_env"]

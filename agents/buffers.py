@@ -61,16 +61,26 @@ class SequenceRolloutBuffer:
     Episodes that are still running when a rollout ends are kept and completed in the next
     rollout (their stored log-probabilities are those of the policy that sampled each token).
 
+    With ``group_size=k > 1`` (critic-free algorithms on a grouped env, see
+    ``TextGenVectorEnv``'s grouped resets), a finished episode is held back until the ``k``
+    episodes of its group (same ``info["group"]`` and ``info["group_episode"]``, hence the same
+    prompt) have all finished; then the whole group enters :attr:`episodes` at once, contiguously.
+    So :attr:`episodes` always holds complete groups, ``episodes[g*k:(g+1)*k]`` being group ``g``,
+    and incomplete groups wait for a later rollout (:attr:`pending`).
+
     :param num_envs: number of env slots.
     :param pad_id: padding token id.
     :param device: device of the served tensors.
+    :param group_size: episodes per prompt group (1: no grouping).
     """
 
-    def __init__(self, num_envs: int, pad_id: int, device: torch.device) -> None:
+    def __init__(self, num_envs: int, pad_id: int, device: torch.device, group_size: int = 1) -> None:
         self.num_envs = num_envs
         self.pad_id = pad_id
         self.device = device
+        self.group_size = group_size
         self.running: list[Episode | None] = [None] * num_envs
+        self.pending: dict[tuple[int, int], list[Episode]] = {}  # incomplete groups, by (group, group_episode)
         self.episodes: list[Episode] = []
         self.advantages: torch.Tensor | None = None  # (N, T_max)
         self.returns: torch.Tensor | None = None  # (N, T_max)
@@ -101,14 +111,33 @@ class SequenceRolloutBuffer:
             episode.kl_coefs.append(float(kl_coef))
             if dones[slot]:
                 episode.info = {k: v for k, v in infos[slot].items() if k != "terminal_observation"}
-                self.episodes.append(episode)
+                self._finish(episode)
                 finished.append(episode)
                 self.running[slot] = None
         return finished
 
+    def _finish(self, episode: Episode) -> None:
+        if self.group_size == 1:
+            self.episodes.append(episode)
+            return
+        if "group" not in episode.info or "group_episode" not in episode.info:
+            raise RuntimeError("grouped rollouts need final infos with 'group' and 'group_episode' "
+                               "(a TextGen vector env reset with options={'group_size': k})")
+        key = (int(episode.info["group"]), int(episode.info["group_episode"]))
+        members = self.pending.setdefault(key, [])
+        members.append(episode)
+        if len(members) == self.group_size:
+            self.episodes.extend(self.pending.pop(key))
+
+    def groups(self) -> list[list[int]]:
+        """Indices into :attr:`episodes` of each complete group (``[[0..k-1], [k..2k-1], ...]``)."""
+        k = self.group_size
+        return [list(range(start, start + k)) for start in range(0, len(self.episodes), k)]
+
     def discard_running(self) -> None:
-        """Forget in-progress episodes (e.g. after the env was reset)."""
+        """Forget in-progress episodes and incomplete groups (e.g. after the env was reset)."""
         self.running = [None] * self.num_envs
+        self.pending = {}
 
     def padded(self, field_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A per-token field of every finished episode, right-padded: ``values (N, T), mask (N, T)``."""

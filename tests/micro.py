@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -38,6 +39,23 @@ def micro_task(max_new_tokens: int = 3) -> Task:
     return Task(name="micro", description="micro-vocabulary prompts for tests",
                 train=tuple(TaskExample(p) for p in prompts), eval=tuple(TaskExample(p) for p in prompts[:3]),
                 reward="length", reward_kwargs={}, max_new_tokens=max_new_tokens, source="generated in tests")
+
+
+def micro_env(micro_dir: Path, n: int = 8, kl_coef: float = 0.0, **vec_kwargs: Any):
+    """An SB3 vector env over the micro model, rewarding the token ``a``."""
+    from agents import make_text_vec_env
+
+    return make_text_vec_env(n, env_kwargs={"model": str(micro_dir), "task": micro_task(3), "reward_model": count_a,
+                                            "kl_coef": kl_coef}, **vec_kwargs)
+
+
+def prob_of_a(policy: Any, env: Any) -> float:
+    """Mean probability of emitting ``a`` over a fresh batch of prompts."""
+    from stable_baselines3.common.utils import obs_as_tensor
+
+    obs = obs_as_tensor(env.reset(), policy.device)
+    with torch.no_grad():
+        return float(policy.get_distribution(obs).distribution.probs[:, TOKEN_A].mean())
 
 
 def count_a(prompts: list[str], completions: list[str]) -> list[float]:

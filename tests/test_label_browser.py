@@ -98,6 +98,8 @@ def test_label_page_click_keyboard_undo_reload(page_and_file) -> None:
     assert page.get_by_test_id("prompt").text_content() == "The food was"
     cards = page.locator("#completions .card")
     assert cards.count() == 2 and cards.nth(1).locator("pre").text_content() == " cold."
+    assert not page.locator("#rating").is_visible() and not page.get_by_test_id("clear").is_visible()
+    assert not page.get_by_test_id("done").is_visible()
 
     # 1) click the second completion
     cards.nth(1).click()
@@ -166,6 +168,7 @@ def test_rank_page_click_order_and_clear(page_and_file) -> None:
     page, url, out = page_and_file
     page.goto(url)
     wait_for_item(page, "rank-0", 0)
+    assert page.get_by_test_id("clear").is_visible() and not page.locator("#rating").is_visible()
     cards = page.locator("#completions .card")
     # keys: 3 then 2 (third best-first, then second); the remaining one is implied last
     page.keyboard.press("3")

@@ -123,6 +123,7 @@ def test_answer_flow_writes_each_answer_immediately(served) -> None:
         ("/api/answer", {"id": "compare-0-0-1", "choice": True}, 400, '"choice" must be 0 or 1'),
         ("/api/answer", {"id": "compare-0-0-1"}, 400, '"choice" must be 0 or 1'),
         ("/api/answer", {"id": "compare-0-0-1", "choice": 0, "evil": 1}, 400, "unknown field"),
+        ("/api/answer", {"id": "compare-0-0-1", "choice": 0, "score": 5}, 400, "unknown field"),
         ("/api/answer", {"choice": 0}, 400, '"id" must be a string'),
         ("/api/answer", [1, 2], 400, "expected a JSON object"),
         ("/api/answer", {"id": "compare-2-0-1", "choice": 0}, 409, "already answered"),

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, pipeline
 
 from agents import MaskableTransformerPolicy, TransformerPolicy, make_text_vec_env
 from text_envs.errors import ConfigError
-from tests.micro import TOKEN_A, build_micro_model, count_a, micro_task
+from tests.micro import build_micro_model, micro_env, prob_of_a
 
 
 def vec_env(model_dir, n=3, **kwargs):
@@ -128,17 +128,6 @@ def test_export_loads_with_auto_class_and_pipeline(tiny_gpt2_dir, tmp_path):
 @pytest.fixture(scope="module")
 def micro_dir(tmp_path_factory):
     return build_micro_model(tmp_path_factory.mktemp("micro-policy"), seed=0)
-
-
-def micro_env(micro_dir, n=8, **kwargs):
-    return make_text_vec_env(n, env_kwargs={"model": str(micro_dir), "task": micro_task(3),
-                                            "reward_model": count_a, "kl_coef": kwargs.pop("kl_coef", 0.0)}, **kwargs)
-
-
-def prob_of_a(policy, env) -> float:
-    obs = obs_as_tensor(env.reset(), policy.device)
-    with torch.no_grad():
-        return float(policy.get_distribution(obs).distribution.probs[:, TOKEN_A].mean())
 
 
 def test_stock_ppo_learns_to_emit_the_rewarded_token(micro_dir):

@@ -370,16 +370,28 @@ def test_train_rm_command(tmp_path: Path, small_data: Path) -> None:
         (["--val-fraction", "1.5"], "val_fraction=1.5"),
         (["--data", "{tmp}/missing.jsonl"], "missing.jsonl"),
         (["--data", "{tmp}/bad.jsonl"], "bad.jsonl:1: not valid JSON"),
+        (["--base", "{tmp}"], "no config.json"),
     ],
 )
-def test_train_rm_command_bad_input(tmp_path: Path, small_data: Path, args: list[str], message: str) -> None:
+def test_train_rm_command_bad_input(tmp_path: Path, small_data: Path, capsys, args: list[str], message: str) -> None:
+    """In-process (fast): exit code 2 and a one-line error, nothing written."""
+    from agents.cli import main
+
     (tmp_path / "bad.jsonl").write_text("{oops\n")
-    base_args = {"--data": str(small_data), "--out": str(tmp_path / "rm"), "--base": "tiny"}
+    options = {"--data": str(small_data), "--out": str(tmp_path / "rm"), "--base": "tiny", "--no-progress": None}
     for key, value in zip(args[::2], args[1::2]):
-        base_args[key] = value.format(tmp=tmp_path)
-    result = _run_cli("train-rm", *[x for kv in base_args.items() for x in kv])
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("textgen-rl train-rm: error: "), result.stderr
+        options[key] = value.format(tmp=tmp_path)
+    argv = ["train-rm"] + [x for kv in options.items() for x in kv if x is not None]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("textgen-rl train-rm: error: "), err
     assert message in lines[0]
     assert not (tmp_path / "rm").exists()
+
+
+def test_train_rm_command_bad_input_subprocess(tmp_path: Path) -> None:
+    result = _run_cli("train-rm", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "rm"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("textgen-rl train-rm: error: feedback file not found"), result.stderr

@@ -13,23 +13,12 @@ from stable_baselines3.common.utils import obs_as_tensor
 from agents import TokenPPO, TransformerPolicy, make_text_vec_env
 from agents.buffers import Episode, SequenceRolloutBuffer
 from text_envs.errors import ConfigError
-from tests.micro import TOKEN_A, build_micro_model, count_a, micro_task
+from tests.micro import build_micro_model, micro_env, prob_of_a
 
 
 @pytest.fixture(scope="module")
 def micro_dir(tmp_path_factory):
     return build_micro_model(tmp_path_factory.mktemp("micro-token-ppo"), seed=0)
-
-
-def micro_env(micro_dir, n=8, kl_coef=0.0):
-    return make_text_vec_env(n, env_kwargs={"model": str(micro_dir), "task": micro_task(3),
-                                            "reward_model": count_a, "kl_coef": kl_coef})
-
-
-def prob_of_a(policy, env) -> float:
-    obs = obs_as_tensor(env.reset(), policy.device)
-    with torch.no_grad():
-        return float(policy.get_distribution(obs).distribution.probs[:, TOKEN_A].mean())
 
 
 def test_token_ppo_learns_to_emit_the_rewarded_token(micro_dir):

@@ -10,6 +10,7 @@ from gymnasium import spaces
 from transformers import PreTrainedModel
 
 from text_envs.config import RewardSpec, TextGenConfig, build_episode_batch, parse_reset_options, sample_prompt
+from text_envs.episode_batch import EpisodeBatch
 from text_envs.errors import ConfigError
 from text_envs.tasks import Task
 
@@ -22,7 +23,36 @@ def observation_space(vocab_size: int, window: int) -> spaces.Dict:
     })
 
 
-class TextGenEnv(gym.Env[dict, np.int64]):
+class TextGenBase:
+    """What the single and the vector TextGen env share: configuration, episode batch, KL coefficient."""
+
+    batch: EpisodeBatch
+    metadata: dict[str, Any]
+
+    def _setup(self, config: TextGenConfig, batch_size: int, render_mode: str | None) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ConfigError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.config = config
+        self.render_mode = render_mode
+        self.batch, self.task = build_episode_batch(config, batch_size=batch_size)
+        self.tokenizer = self.batch.tokenizer
+
+    @property
+    def kl_coef(self) -> float:
+        """The KL coefficient beta (settable, e.g. by an adaptive KL controller through ``set_attr``)."""
+        return self.batch.kl_coef
+
+    @kl_coef.setter
+    def kl_coef(self, value: float) -> None:
+        self.batch.kl_coef = value
+
+    @property
+    def reward_model(self) -> Any:
+        """The reward model scoring finished completions."""
+        return self.batch.reward_model
+
+
+class TextGenEnv(TextGenBase, gym.Env[dict, np.int64]):
     """
     ## Description
 
@@ -110,31 +140,13 @@ class TextGenEnv(gym.Env[dict, np.int64]):
                  kl_coef: float = 0.05, kl_penalty: str = "dense", max_new_tokens: int | None = None,
                  max_prompt_tokens: int = 64, reference_model: str | PreTrainedModel | None = None,
                  device: str = "auto", dtype: str = "auto", render_mode: str | None = None) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ConfigError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
-        self.config = TextGenConfig(model=model, task=task, reward_model=reward_model, reward_kwargs=reward_kwargs,
-                                    kl_coef=kl_coef, kl_penalty=kl_penalty, max_new_tokens=max_new_tokens,
-                                    max_prompt_tokens=max_prompt_tokens, reference_model=reference_model,
-                                    device=device, dtype=dtype)
-        self.render_mode = render_mode
-        self.batch, self.task = build_episode_batch(self.config, batch_size=1)
-        self.tokenizer = self.batch.tokenizer
+        config = TextGenConfig(model=model, task=task, reward_model=reward_model, reward_kwargs=reward_kwargs,
+                               kl_coef=kl_coef, kl_penalty=kl_penalty, max_new_tokens=max_new_tokens,
+                               max_prompt_tokens=max_prompt_tokens, reference_model=reference_model,
+                               device=device, dtype=dtype)
+        self._setup(config, batch_size=1, render_mode=render_mode)
         self.action_space = spaces.Discrete(self.batch.vocab_size)
         self.observation_space = observation_space(self.batch.vocab_size, self.batch.window)
-
-    @property
-    def kl_coef(self) -> float:
-        """The KL coefficient beta (settable, e.g. by an adaptive KL controller through ``set_attr``)."""
-        return self.batch.kl_coef
-
-    @kl_coef.setter
-    def kl_coef(self, value: float) -> None:
-        self.batch.kl_coef = value
-
-    @property
-    def reward_model(self) -> Any:
-        """The reward model scoring finished completions."""
-        return self.batch.reward_model
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Start an episode; ``options``: ``prompt`` (force a prompt), ``split`` (``"train"``/``"eval"``)."""

@@ -11,15 +11,15 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from transformers import PreTrainedModel
 
-from text_envs.config import RewardSpec, TextGenConfig, build_episode_batch, parse_reset_options, sample_prompt
-from text_envs.env import observation_space
+from text_envs.config import RewardSpec, TextGenConfig, parse_reset_options, sample_prompt
+from text_envs.env import TextGenBase, observation_space
 from text_envs.errors import ConfigError
 from text_envs.tasks import Task
 
 VECTOR_RESET_OPTIONS = ("prompt", "prompts", "split", "group_size")
 
 
-class TextGenVectorEnv(VectorEnv):
+class TextGenVectorEnv(TextGenBase, VectorEnv):
     """``num_envs`` TextGen episodes stepped together, with one batched reference model.
 
     Same observations, rewards and episode ends as ``num_envs`` :class:`~text_envs.env.TextGenEnv`
@@ -53,16 +53,12 @@ class TextGenVectorEnv(VectorEnv):
                  device: str = "auto", dtype: str = "auto", render_mode: str | None = None) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ConfigError(f"num_envs must be a positive int, got {num_envs!r}")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ConfigError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
-        self.config = TextGenConfig(model=model, task=task, reward_model=reward_model, reward_kwargs=reward_kwargs,
-                                    kl_coef=kl_coef, kl_penalty=kl_penalty, max_new_tokens=max_new_tokens,
-                                    max_prompt_tokens=max_prompt_tokens, reference_model=reference_model,
-                                    device=device, dtype=dtype)
+        config = TextGenConfig(model=model, task=task, reward_model=reward_model, reward_kwargs=reward_kwargs,
+                               kl_coef=kl_coef, kl_penalty=kl_penalty, max_new_tokens=max_new_tokens,
+                               max_prompt_tokens=max_prompt_tokens, reference_model=reference_model,
+                               device=device, dtype=dtype)
         self.num_envs = num_envs
-        self.render_mode = render_mode
-        self.batch, self.task = build_episode_batch(self.config, batch_size=num_envs)
-        self.tokenizer = self.batch.tokenizer
+        self._setup(config, batch_size=num_envs, render_mode=render_mode)
         self.single_action_space = spaces.Discrete(self.batch.vocab_size)
         self.single_observation_space = observation_space(self.batch.vocab_size, self.batch.window)
         self.action_space = batch_space(self.single_action_space, num_envs)
@@ -73,20 +69,6 @@ class TextGenVectorEnv(VectorEnv):
         self._group_size = 1
         self._group_queues: dict[int, list[str]] = {}
         self._episode_counts = [0] * num_envs
-
-    @property
-    def kl_coef(self) -> float:
-        """The KL coefficient beta of every sub-env (settable, e.g. by an adaptive KL controller)."""
-        return self.batch.kl_coef
-
-    @kl_coef.setter
-    def kl_coef(self, value: float) -> None:
-        self.batch.kl_coef = value
-
-    @property
-    def reward_model(self) -> Any:
-        """The reward model scoring finished completions."""
-        return self.batch.reward_model
 
     # ----------------------------------------------------------------------------------------- reset
     def reset(self, *, seed: int | list[int] | None = None,

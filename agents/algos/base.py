@@ -54,6 +54,9 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
     """
 
     policy_aliases = {"TransformerPolicy": TransformerPolicy}
+    #: Episodes per prompt group in the rollout buffer (critic-free algorithms set ``k > 1``: the buffer
+    #: then holds only complete groups, see :class:`~agents.buffers.SequenceRolloutBuffer`).
+    rollout_group_size: int = 1
     policy: TransformerPolicy
     rollout_buffer: SequenceRolloutBuffer  # type: ignore[assignment]
 
@@ -90,7 +93,8 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
                                         **self.policy_kwargs)
         self.policy = self.policy.to(self.device)
         pad_id = int(self.policy.tokenizer.pad_token_id)
-        self.rollout_buffer = SequenceRolloutBuffer(self.n_envs, pad_id, self.device)
+        self.rollout_buffer = SequenceRolloutBuffer(self.n_envs, pad_id, self.device,
+                                                    group_size=self.rollout_group_size)
 
     def _setup_learn(self, *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:  # same signature as SB3's
         result = super()._setup_learn(*args, **kwargs)

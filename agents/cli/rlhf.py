@@ -15,7 +15,6 @@ import sys
 import time
 from typing import Any
 
-from agents.cli import CLIError
 
 LABEL_EXAMPLE = "textgen-rl label --model tiny --task sentiment --n 20 --k 2 --out feedback.jsonl"
 
@@ -219,4 +218,4 @@ def run_train_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["register", "run_label", "run_train_rm", "CLIError"]
+__all__ = ["register", "run_label", "run_train_rm"]

@@ -75,10 +75,6 @@ __all__ = [
 ]
 
 
-def _freeze_extra(extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    return dict(extra or {})
-
-
 @dataclass(frozen=True)
 class PreferencePair:
     """``chosen`` was preferred to ``rejected`` as a continuation of ``prompt``."""
@@ -206,10 +202,9 @@ _KINDS = {
 
 
 def parse_record(obj: Any) -> AnyLine:
-    """Validate one decoded JSON line and return its typed record.
+    """Validate one decoded JSON line (a dict) and return its typed record.
 
-    Raises :class:`ValueError` subclass ``_LineError`` internally; public callers get
-    :class:`FeedbackFormatError` (with ``<record>`` in place of ``file:line``).
+    Raises :class:`FeedbackFormatError` ``"<record>: reason"`` if it is not a valid line.
     """
     try:
         return _parse(obj)
@@ -284,7 +279,7 @@ def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, AnyLine]]:
         if not line.strip():
             continue
         try:
-            text = line.decode("utf-8")
+            text = line.decode("utf-8-sig" if index == 0 else "utf-8")  # tolerate a BOM
             obj = json.loads(text)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             if index == last:

@@ -103,7 +103,9 @@ def generate_completions(
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens={max_new_tokens}: expected >= 1")
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # finished rows are filled with EOS (not the pad token, which would trigger transformers'
+    # "input_ids may be padded" warning inside generate); both are dropped from the text below
+    pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
     generations = []
     model.eval()
     for index, prompt in enumerate(prompts):
@@ -129,7 +131,7 @@ def generate_completions(
         prompt_text = tokenizer.decode(prompt_ids, skip_special_tokens=True)
         completions = []
         for row in out:
-            new_ids = [t for t in row[len(prompt_ids) :].tolist() if t != pad_id]
+            new_ids = [t for t in row[len(prompt_ids) :].tolist() if t not in (pad_id, tokenizer.pad_token_id)]
             full = tokenizer.decode(prompt_ids + new_ids, skip_special_tokens=True)
             # decoding the whole sequence keeps the leading space of the first new word
             text = full[len(prompt_text) :] if full.startswith(prompt_text) else tokenizer.decode(new_ids, skip_special_tokens=True)

@@ -157,7 +157,7 @@ class LabelSession:
         """Validate and record one answer; returns the new state."""
         with self._lock:
             item = self._pending_item(payload)
-            allowed = {"id", "choice", "score", "order"}
+            allowed = {"id", {"compare": "choice", "rate": "score", "rank": "order"}[self.mode]}
             unknown = set(payload) - allowed
             if unknown:
                 raise RequestError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -327,8 +327,8 @@ class _Handler(BaseHTTPRequestHandler):
             path = self.path.split("?", 1)[0]
             action = routes.get(path)
             if action is None:
-                if self.headers.get("Content-Length"):
-                    self._drain(int(self.headers.get("Content-Length") or 0))
+                length = self.headers.get("Content-Length") or "0"
+                self._drain(int(length) if length.isdigit() else 0)
                 raise RequestError(404, f"no such endpoint: POST {path}")
             payload = self._read_json()
             self._json(200, action(payload))

@@ -50,7 +50,7 @@ from typing import Any, Callable
 
 from text_envs.errors import ConfigError, MissingDependencyError
 
-from .data import PreferencePair, Rating, Ranking, ranking_to_pairs, read_feedback
+from .data import PreferencePair, ranking_to_pairs, read_feedback
 
 __all__ = [
     "RewardTrainingConfig",

@@ -105,7 +105,8 @@ class LearnedReward:
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.metadata = _check_folder(self.path)
         if max_length is None:
-            max_length = self.metadata.get("config", {}).get("max_length") or 512
+            trained = self.metadata.get("config")
+            max_length = (trained.get("max_length") if isinstance(trained, dict) else None) or 512
         self.max_length = check_positive_int("max_length", max_length)
         self.device = resolve_device(device)
 

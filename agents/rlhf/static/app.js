@@ -73,6 +73,10 @@
     key.textContent = clickable ? "[" + (index + 1) + "]" : "Completion";
     const body = document.createElement("pre");
     body.textContent = text;
+    if (text.trim() === "") {  // e.g. the model stopped at once: say so instead of an empty box
+      body.textContent = text === "" ? "(empty completion)" : "(only whitespace)";
+      body.className = "empty";
+    }
     el.append(key, body);
     return el;
   }

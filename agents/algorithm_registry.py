@@ -1,0 +1,107 @@
+"""The algorithms that ``textgen-rl train`` and ``textgen-rl compare`` know, by name, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from text_envs.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AlgoSpec:
+    """How to build one algorithm on a TextGen vector env."""
+
+    name: str
+    description: str
+    load_class: Callable[[], type[BaseAlgorithm]]  # imported lazily
+    maskable: bool = False
+    defaults: dict[str, Any] = field(default_factory=dict)  # CLI hyper-parameters (tuned for the tiny LM)
+    entropy_for_kl: bool = False  # stock SB3 algorithms approximate the agent's KL half with ent_coef
+
+
+def _token_ppo() -> type[BaseAlgorithm]:
+    from agents.algos import TokenPPO
+
+    return TokenPPO
+
+
+def _sb3(name: str) -> Callable[[], type[BaseAlgorithm]]:
+    def load() -> type[BaseAlgorithm]:
+        if name == "MaskablePPO":
+            from sb3_contrib import MaskablePPO
+
+            return MaskablePPO
+        import stable_baselines3
+
+        return getattr(stable_baselines3, name)
+
+    return load
+
+
+def _agents(name: str) -> Callable[[], type[BaseAlgorithm]]:
+    def load() -> type[BaseAlgorithm]:
+        import agents
+
+        return getattr(agents, name)
+
+    return load
+
+
+ALGORITHMS: dict[str, AlgoSpec] = {
+    spec.name: spec
+    for spec in (
+        AlgoSpec("token-ppo", "TokenPPO: sequence-level PPO, exact KL objective", _token_ppo,
+                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16, "n_epochs": 4}),
+        AlgoSpec("ppo", "stable-baselines3 PPO with TransformerPolicy", _sb3("PPO"), entropy_for_kl=True,
+                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 256, "n_epochs": 4, "gamma": 1.0}),
+        AlgoSpec("a2c", "stable-baselines3 A2C with TransformerPolicy", _sb3("A2C"), entropy_for_kl=True,
+                 defaults={"learning_rate": 1e-4, "n_steps": 16, "gamma": 1.0}),
+        AlgoSpec("maskable-ppo", "sb3-contrib MaskablePPO, reference top-k masks (NLPO-style)", _sb3("MaskablePPO"),
+                 maskable=True, entropy_for_kl=True,
+                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 256, "n_epochs": 4, "gamma": 1.0}),
+        AlgoSpec("reinforce", "REINFORCE with a moving-average baseline", _agents("Reinforce"),
+                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16}),
+        AlgoSpec("rloo", "RLOO: k samples per prompt, leave-one-out baseline", _agents("RLOO"),
+                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16}),
+        AlgoSpec("grpo", "GRPO: group-normalised advantages, clipped ratio", _agents("GRPO"),
+                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16}),
+    )
+}
+
+MASK_TOP_K = 50  # NLPO-style action masks: the reference model's 50 most likely next tokens
+
+
+def make_algorithm(name: str, env_kwargs: dict[str, Any], num_envs: int, model: str, seed: int = 0,
+                   device: str = "auto", learning_rate: float | None = None, kl_target: float | None = None,
+                   overrides: dict[str, Any] | None = None) -> BaseAlgorithm:
+    """Build algorithm ``name`` with a TransformerPolicy over ``model`` on a fresh TextGen vector env.
+
+    :param name: a key of :data:`ALGORITHMS`.
+    :param env_kwargs: arguments of ``gym.make_vec("TextGen-v0", ...)``.
+    :param num_envs: parallel episodes.
+    :param model: the policy's model (alias, path or hub id).
+    :param seed: random seed.
+    :param device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    :param learning_rate: overrides the algorithm's default.
+    :param kl_target: adaptive KL target (sequence algorithms only).
+    :param overrides: other constructor arguments overriding the defaults.
+    """
+    from agents.policy import MaskableTransformerPolicy, TransformerPolicy
+    from agents.vec_env import make_text_vec_env
+
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}")
+    spec = ALGORITHMS[name]
+    kwargs = {**spec.defaults, **(overrides or {})}
+    if learning_rate is not None:
+        kwargs["learning_rate"] = learning_rate
+    if spec.entropy_for_kl:
+        kwargs.setdefault("ent_coef", float(env_kwargs.get("kl_coef", 0.05)))
+    elif kl_target is not None:
+        kwargs["kl_target"] = kl_target
+    env = make_text_vec_env(num_envs, mask_top_k=MASK_TOP_K if spec.maskable else 0, env_kwargs=env_kwargs)
+    policy = MaskableTransformerPolicy if spec.maskable else TransformerPolicy
+    return spec.load_class()(policy, env, policy_kwargs={"model": model}, seed=seed, device=device, **kwargs)

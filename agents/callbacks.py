@@ -1,0 +1,42 @@
+"""SB3 callbacks used by the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+
+class ObjectiveLogger(BaseCallback):
+    """Logs ``objective/score`` and ``objective/kl`` for stock SB3 algorithms (PPO, A2C, MaskablePPO).
+
+    The sequence algorithms (TokenPPO, ...) log these themselves. Here the per-sequence KL is the
+    sampled ``sum_t log pi(a_t|s_t) - sum_t log pi_ref(a_t|s_t)``, accumulated from the rollout's
+    ``log_probs`` and the env's ``kl_ref_logprob_sum``.
+    """
+
+    def _on_training_start(self) -> None:
+        self._logp_sums = np.zeros(self.training_env.num_envs)
+        self._scores: list[float] = []
+        self._kls: list[float] = []
+
+    def _on_step(self) -> bool:
+        log_probs = self.locals.get("log_probs")
+        if log_probs is not None:
+            self._logp_sums += log_probs.detach().float().cpu().numpy().reshape(-1)
+        for i, done in enumerate(self.locals["dones"]):
+            if done:
+                info = self.locals["infos"][i]
+                if "score" in info:
+                    self._scores.append(float(info["score"]))
+                    self._kls.append(float(self._logp_sums[i]) - float(info.get("kl_ref_logprob_sum", np.nan)))
+                self._logp_sums[i] = 0.0
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self._scores:
+            self.logger.record("objective/score", float(np.mean(self._scores)))
+            kls = np.asarray(self._kls)
+            if np.isfinite(kls).any():
+                self.logger.record("objective/kl", float(np.nanmean(kls)))
+            self.logger.record("objective/kl_coef", float(self.training_env.get_attr("kl_coef")[0]))
+        self._scores, self._kls = [], []

@@ -1,0 +1,54 @@
+"""``textgen-rl compare``: several algorithms x seeds (x tasks) with the same budget of generated tokens.
+
+Writes ``results.csv``, ``summary.md`` and ``curves.png`` under ``--out`` (see :func:`agents.compare.compare`);
+rerunning the same command skips the runs already finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``compare`` subcommand."""
+    from agents.compare import ALGORITHMS
+
+    parser = subparsers.add_parser("compare", help="compare RL algorithms with the same token budget",
+                                   description="Train every algorithm x seed (x task) for the same number of "
+                                               "generated tokens, evaluate on the same held-out prompts, and write "
+                                               "results.csv, summary.md and curves.png. Resumable.")
+    parser.add_argument("--task", default="sentiment", help="task name (see `textgen-rl tasks`)")
+    parser.add_argument("--tasks", default=None, help="several tasks, comma-separated (overrides --task)")
+    parser.add_argument("--algos", default="token-ppo,ppo,reinforce,rloo,grpo",
+                        help=f"comma-separated, from: {','.join(ALGORITHMS)}")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per algorithm")
+    parser.add_argument("--timesteps", type=int, default=4096, help="budget per run in generated tokens")
+    parser.add_argument("--out", default="runs/compare", help="output folder (reused runs are skipped)")
+    parser.add_argument("--model", default="tiny", help="model alias or path (policy, reference and evaluation)")
+    parser.add_argument("--num-envs", type=int, default=8, help="parallel episodes per run")
+    parser.add_argument("--eval-n", type=int, default=32, help="held-out prompts per evaluation")
+    parser.add_argument("--kl-coef", type=float, default=0.05, help="KL penalty coefficient beta")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="one learning rate for every algorithm (default: each algorithm's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: TEXTGEN_RL_THREADS or half the cores)")
+    parser.add_argument("--no-plot", action="store_true", help="skip curves.png")
+    parser.set_defaults(func=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Run the comparison and print the summary table."""
+    from agents.compare import _parse_names, compare
+    from text_envs.models import configure_threads
+
+    configure_threads(args.threads)
+    algos = _parse_names(args.algos)
+    hyperparams = ({name: {"learning_rate": args.learning_rate} for name in algos}
+                   if args.learning_rate is not None else None)
+    result = compare(tasks=args.tasks or args.task, algos=algos, seeds=args.seeds, timesteps=args.timesteps,
+                     out=args.out, model=args.model, num_envs=args.num_envs, eval_n=args.eval_n,
+                     kl_coef=args.kl_coef, device=args.device, hyperparams=hyperparams, plot=not args.no_plot)
+    print(result.summary_markdown, end="")
+    print(f"wrote {result.results_csv}, {result.summary_md}" + (f", {result.curves_png}" if result.curves_png else ""))
+    return 0

@@ -1,0 +1,142 @@
+"""Held-out evaluation of a language model (or a TransformerPolicy) on a TextGen task.
+
+Completions are sampled with a KV cache through the batched env on the task's ``eval`` split (the
+same prompts for every model, chosen by ``seed``), scored by the task's reward model, and
+compared with the reference model: ``kl`` is the sampled ``sum_t log pi(a_t|s_t) - log pi_ref(a_t|s_t)``
+per sequence (an unbiased estimate of ``KL(pi || pi_ref)``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from agents.rl_math import process_logits
+from text_envs.errors import ConfigError
+from text_envs.lm_stepper import BatchedLMStepper
+from text_envs.models import load_model
+from text_envs.tasks import Task, get_task
+from text_envs.vector_env import TextGenVectorEnv
+
+#: File written next to an exported model, naming the base (reference) model and the task.
+EXPORT_METADATA = "textgen_rl.json"
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one evaluation."""
+
+    score_mean: float
+    score_std: float
+    kl_mean: float
+    distinct_1: float
+    distinct_2: float
+    length_mean: float
+    n: int
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Unique word n-grams over all n-grams in ``texts`` (0 when there are none)."""
+    grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def reference_for(model: str | Path) -> str | None:
+    """The base model recorded in an exported folder's ``textgen_rl.json``, if any."""
+    meta = Path(model) / EXPORT_METADATA
+    return json.loads(meta.read_text())["base_model"] if meta.is_file() else None
+
+
+def _eval_prompts(task: Task, n: int, seed: int) -> list[str]:
+    examples = task.split("eval")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(examples))
+    return [examples[int(i)].prompt for i in np.resize(order, n)]
+
+
+@torch.no_grad()
+def _sample_batch(lm: PreTrainedModel, env: TextGenVectorEnv, prompts: list[str], temperature: float,
+                  generator: torch.Generator) -> tuple[list[dict[str, Any]], list[float]]:
+    """Run one episode per prompt; returns the final infos and the summed log pi of each completion."""
+    obs, _ = env.reset(options={"prompts": prompts})
+    stepper = BatchedLMStepper(lm, env.num_envs, int(env.tokenizer.pad_token_id))
+    device = stepper.device
+    real = [obs["input_ids"][i][obs["attention_mask"][i].astype(bool)].tolist() for i in range(env.num_envs)]
+    logits = stepper.prefill(list(range(env.num_envs)), real).logits
+    finals: list[dict[str, Any] | None] = [None] * env.num_envs
+    logp_sums = np.zeros(env.num_envs)
+    while any(f is None for f in finals):
+        logp = torch.log_softmax(logits.float(), -1)
+        probs = torch.softmax(process_logits(logits.float(), temperature), -1)
+        actions = torch.multinomial(probs.cpu(), 1, generator=generator).flatten()
+        logp_sums += np.where([f is None for f in finals], logp.cpu().gather(1, actions[:, None]).flatten().numpy(), 0)
+        obs, _, done, _, info = env.step(actions.numpy())
+        for i in np.flatnonzero(done):
+            if finals[i] is None:
+                finals[i] = {k: v[i] for k, v in info["final_info"].items() if not k.startswith("_")}
+        if all(f is not None for f in finals):
+            break
+        logits = stepper.step(actions.to(device)).logits
+    return finals, logp_sums.tolist()
+
+
+def evaluate_model(model: str | Path | PreTrainedModel, task: str | Task = "sentiment", n: int = 64,
+                   reference_model: str | None = None, reward_model: Any = None,
+                   reward_kwargs: dict[str, Any] | None = None, max_new_tokens: int | None = None,
+                   num_envs: int = 16, temperature: float = 1.0, seed: int = 0, device: str = "auto",
+                   samples: int = 4, env: TextGenVectorEnv | None = None) -> EvalResult:
+    """Score ``model`` on ``n`` held-out prompts of ``task``.
+
+    :param model: alias, path (e.g. an exported ``runs/NAME/hf``) or loaded causal LM.
+    :param task: task name or Task.
+    :param n: number of completions (prompts drawn from the eval split with ``seed``).
+    :param reference_model: reference for the KL; default: the base model recorded in an exported
+        folder, else ``model`` itself.
+    :param reward_model: reward override (as in ``gym.make``); default: the task's.
+    :param reward_kwargs: its keyword arguments.
+    :param max_new_tokens: token budget; default: the task's.
+    :param num_envs: completions sampled in parallel.
+    :param temperature: sampling temperature.
+    :param seed: seed of the prompt choice and of sampling.
+    :param device: device of the models.
+    :param samples: number of sample texts kept in the result.
+    :param env: an existing vector env to reuse (its reference and reward are used).
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n must be a positive int, got {n!r}")
+    lm = load_model(model, device=device)
+    if env is None:
+        reference = reference_model or (reference_for(model) if not isinstance(model, PreTrainedModel) else None)
+        env = TextGenVectorEnv(num_envs=min(num_envs, n), model=lm if isinstance(model, PreTrainedModel) else str(model),
+                               task=task, reward_model=reward_model, reward_kwargs=reward_kwargs, kl_coef=1.0,
+                               max_new_tokens=max_new_tokens, reference_model=reference, device=device)
+    generator = torch.Generator().manual_seed(seed)
+    prompts = _eval_prompts(get_task(task), n, seed)
+    infos: list[dict[str, Any]] = []
+    logps: list[float] = []
+    for start in range(0, n, env.num_envs):
+        chunk = prompts[start:start + env.num_envs]
+        chunk = chunk + [chunk[-1]] * (env.num_envs - len(chunk))
+        finals, logp = _sample_batch(lm, env, chunk, temperature, generator)
+        keep = min(env.num_envs, n - start)
+        infos.extend(finals[:keep])
+        logps.extend(logp[:keep])
+    scores = np.array([float(i["score"]) for i in infos])
+    kls = np.array(logps) - np.array([float(i["kl_ref_logprob_sum"]) for i in infos])
+    texts = [str(i["text"]) for i in infos]
+    return EvalResult(score_mean=float(scores.mean()), score_std=float(scores.std()), kl_mean=float(kls.mean()),
+                      distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2),
+                      length_mean=float(np.mean([int(i["num_tokens"]) for i in infos])), n=len(infos),
+                      samples=[{"prompt": str(i["prompt"]), "text": str(i["text"]), "score": float(i["score"])}
+                               for i in infos[:samples]])

@@ -1,0 +1,138 @@
+"""Rollout throughput (generated tokens/s) of TokenPPO, stock SB3 PPO and the naive path, against a
+hand-written batched KV-cache loop doing the same work (the ceiling).
+
+Every variant generates ``--batch`` episodes of ``--new-tokens`` tokens from the same prompts with the same
+model: per token one policy forward (logits + value head), one sample, one reference forward (the KL term),
+and a reward call per finished episode. The variants are timed interleaved (a, b, c, d, a, b, ...), after
+one warm-up call each.
+
+(a) ceiling: a minimal loop over Hugging Face ``past_key_values`` (policy and reference caches);
+(b) ``TokenPPO.collect_rollouts`` on ``make_text_vec_env`` (the batched ``TextGen-v0`` vector env);
+(c) stock ``stable_baselines3.PPO.collect_rollouts`` with ``TransformerPolicy`` on the same env;
+(d) naive: TokenPPO with ``policy_kwargs={"use_kv_cache": False}`` (the policy re-runs the whole context at
+    every token; the env's reference model still uses its KV cache: that is the env's design).
+
+    python benchmarks/rollout.py --threads 1 --batch 16 --new-tokens 64 --repeats 5
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common  # noqa: E402
+
+
+def ceiling_rollout(policy_lm, value_head, ref_lm, tokenizer, prompts: list[str], new_tokens: int,
+                    generator) -> int:
+    """Generate ``new_tokens`` per prompt with policy + reference KV caches; returns the tokens generated."""
+    import torch
+
+    from text_envs.lm_stepper import left_pad, positions_from_mask
+
+    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    ids, mask = left_pad(encoded, tokenizer.pad_token_id, torch.device("cpu"))
+    positions = positions_from_mask(mask)
+    batch = ids.shape[0]
+    actions, logprobs, values, ref_logprobs = [], [], [], []
+    with torch.no_grad():
+        out = policy_lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                        logits_to_keep=1, output_hidden_states=True)
+        ref = ref_lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        position = positions[:, -1:] + 1
+        for t in range(new_tokens):
+            logp = torch.log_softmax(out.logits[:, -1].float(), -1)
+            # inverse-CDF sampling (torch.multinomial costs more than the forward on CPU; see agents.policy._sample)
+            cdf = logp.exp().cumsum(-1)
+            draw = torch.rand((batch, 1), generator=generator) * cdf[:, -1:]
+            action = torch.searchsorted(cdf, draw, right=True).clamp_(max=cdf.shape[-1] - 1)
+            actions.append(action)
+            logprobs.append(logp.gather(1, action))
+            values.append(value_head(out.hidden_states[-1][:, -1]))
+            ref_logprobs.append(torch.log_softmax(ref.logits[:, -1].float(), -1).gather(1, action))
+            if t == new_tokens - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
+            out = policy_lm(input_ids=action, attention_mask=mask, position_ids=position,
+                            past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1,
+                            output_hidden_states=True)
+            ref = ref_lm(input_ids=action, attention_mask=mask, position_ids=position,
+                         past_key_values=ref.past_key_values, use_cache=True, logits_to_keep=1)
+            position = position + 1
+    completions = tokenizer.batch_decode(torch.cat(actions, 1).tolist(), skip_special_tokens=True)
+    common.vowel_reward(prompts, completions)
+    return batch * new_tokens
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = common.parser(__doc__.splitlines()[0], batch=16, new_tokens=64, repeats=3).parse_args(argv)
+    common.pin_threads(args.threads)
+    import numpy as np
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.utils import set_random_seed
+
+    from agents import TokenPPO, TransformerPolicy, make_text_vec_env
+    from text_envs.models import load_model, load_tokenizer
+
+    model_path = common.resolve_model(args.model, args.seed)
+    set_random_seed(args.seed)
+    env_kwargs = {"model": model_path, "task": common.bench_task(args.new_tokens),
+                  "reward_model": common.vowel_reward, "kl_coef": 0.05, "max_new_tokens": args.new_tokens}
+
+    def make(cls, **policy_kwargs):
+        env = make_text_vec_env(args.batch, env_kwargs=env_kwargs)
+        algo = cls(TransformerPolicy, env, n_steps=args.new_tokens, batch_size=args.batch, n_epochs=1,
+                   policy_kwargs={"model": model_path, **policy_kwargs}, seed=args.seed, device="cpu")
+        _, callback = algo._setup_learn(10**9, callback=None)
+
+        def collect() -> int:
+            before = algo.num_timesteps
+            algo.collect_rollouts(algo.env, callback, algo.rollout_buffer, n_rollout_steps=algo.n_steps)
+            return algo.num_timesteps - before
+        return collect
+
+    # (a) the ceiling: same weights and value head as the policy, its own reference copy
+    tokenizer = load_tokenizer(model_path)
+    policy_lm = load_model(model_path, device="cpu", dtype="float32")
+    ref_lm = load_model(model_path, device="cpu", dtype="float32")
+    value_head = torch.nn.Linear(policy_lm.config.n_embd if hasattr(policy_lm.config, "n_embd")
+                                 else policy_lm.config.hidden_size, 1)
+    rng = np.random.default_rng(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+
+    def ceiling() -> int:
+        prompts = [common.PROMPTS[i] for i in rng.integers(len(common.PROMPTS), size=args.batch)]
+        return ceiling_rollout(policy_lm, value_head, ref_lm, tokenizer, prompts, args.new_tokens, generator)
+
+    workloads = {
+        "(a) ceiling: hand-written KV-cache loop": ceiling,
+        "(b) TokenPPO.collect_rollouts": make(TokenPPO),
+        "(c) SB3 PPO.collect_rollouts + TransformerPolicy": make(PPO),
+        "(d) naive: TokenPPO, use_kv_cache=False": make(TokenPPO, use_kv_cache=False),
+    }
+    results = common.interleaved(workloads, args.repeats)
+    a, b, c, d = results.values()
+    title = (f"Rollout: generated tokens/s, batch {args.batch}, {args.new_tokens} new tokens, "
+             f"{args.threads} thread(s), median of {args.repeats}")
+    common.print_table(title, list(results.items()))
+    ratios = {"tokenppo_vs_ceiling": common.ratio(b, a), "sb3ppo_vs_ceiling": common.ratio(c, a),
+              "tokenppo_vs_naive": common.ratio(b, d)}
+    cpu_ratios = {"tokenppo_vs_ceiling": common.cpu_ratio(b, a), "sb3ppo_vs_ceiling": common.cpu_ratio(c, a),
+                  "tokenppo_vs_naive": common.cpu_ratio(b, d)}
+    payload = {"config": {"batch": args.batch, "new_tokens": args.new_tokens, "repeats": args.repeats,
+                          "kl_coef": 0.05, "reward": "vowel_reward", "model": common.describe_model(model_path),
+                          "naive_note": "use_kv_cache=False disables the policy's cache only; the env's reference "
+                                        "model keeps its KV cache (env design)"},
+               "environment": common.environment(args.threads),
+               "results": results, "targets": {"tokenppo_vs_ceiling": 0.8, "sb3ppo_vs_ceiling": 0.5,
+                                               "tokenppo_vs_naive": 5.0},
+               "ratios_cpu_time": cpu_ratios, "ratios": ratios}
+    common.write_result("rollout", args.out, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
