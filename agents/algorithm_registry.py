@@ -54,7 +54,7 @@ ALGORITHMS: dict[str, AlgoSpec] = {
     spec.name: spec
     for spec in (
         AlgoSpec("token-ppo", "TokenPPO: sequence-level PPO, exact KL objective", _token_ppo,
-                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16, "n_epochs": 4}),
+                 defaults={"learning_rate": 1e-4, "n_steps": 64, "batch_size": 16, "n_epochs": 4}),
         AlgoSpec("ppo", "stable-baselines3 PPO with TransformerPolicy", _sb3("PPO"), entropy_for_kl=True,
                  defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 256, "n_epochs": 4, "gamma": 1.0}),
         AlgoSpec("a2c", "stable-baselines3 A2C with TransformerPolicy", _sb3("A2C"), entropy_for_kl=True,

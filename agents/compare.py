@@ -172,7 +172,7 @@ class CompareResult:
 
     :param runs: one record per run (see :func:`run_one`).
     :param summary: one row per task x algorithm: ``task, algo, n_seeds, score_mean, ci_low, ci_high,
-        kl_mean, tokens_per_s, best``.
+        kl_mean, initial_score_mean, tokens, tokens_per_s, best``.
     :param out: the output folder; ``results_csv``, ``summary_md``, ``curves_png`` its files.
     """
 
@@ -209,7 +209,8 @@ def summarize(runs: list[dict[str, Any]], confidence: float = 0.95) -> list[dict
         rows.append({"task": task, "algo": algo, "n_seeds": len(group), "score_mean": mean, "ci_low": low,
                      "ci_high": high, "kl_mean": float(np.mean([r["kl_mean"] for r in group])),
                      "initial_score_mean": float(np.mean([r["initial_score_mean"] for r in group])),
-                     "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in group])), "best": False})
+                     "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in group])),
+                     "tokens": float(np.mean([r["timesteps"] for r in group])), "best": False})
     for task in dict.fromkeys(r["task"] for r in rows):
         task_rows = [r for r in rows if r["task"] == task and np.isfinite(r["score_mean"])]
         if task_rows:
@@ -220,16 +221,19 @@ def summarize(runs: list[dict[str, Any]], confidence: float = 0.95) -> list[dict
 def summary_markdown(rows: list[dict[str, Any]], timesteps: int, confidence: float = 0.95) -> str:
     """The markdown table of :func:`summarize`'s rows."""
     lines = [f"Final held-out score after {timesteps} generated tokens: mean across seeds "
-             f"[{int(confidence * 100)}% bootstrap CI]; best per task in bold.", "",
-             "| task | algorithm | seeds | score | CI | score at 0 | KL | tokens/s |",
-             "|---|---|---:|---:|---|---:|---:|---:|"]
+             f"[{int(confidence * 100)}% bootstrap CI]; best per task in bold. `tokens`: generated tokens "
+             "actually used (a run ends with a whole rollout, so it may pass the budget); `KL`: sampled "
+             "KL(pi || pi_ref) per completion; `tokens/s`: generated tokens per second of training (evaluations "
+             "excluded).", "",
+             "| task | algorithm | seeds | score | CI | score at 0 | KL | tokens | tokens/s |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     for row in rows:
         score = f"{row['score_mean']:.3f}"
         if row["best"]:
             score = f"**{score}**"
         lines.append(f"| {row['task']} | {row['algo']} | {row['n_seeds']} | {score} | "
                      f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}] | {row['initial_score_mean']:.3f} | "
-                     f"{row['kl_mean']:.3f} | {row['tokens_per_s']:.0f} |")
+                     f"{row['kl_mean']:.3f} | {row['tokens']:.0f} | {row['tokens_per_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -245,9 +249,15 @@ def plot_curves(runs: list[dict[str, Any]], path: Path, confidence: float = 0.95
     for ax, task in zip(axes[0], tasks):
         for algo in dict.fromkeys(r["algo"] for r in runs if r["task"] == task):
             group = [r for r in runs if r["task"] == task and r["algo"] == algo]
-            n_points = min(len(r["curve"]) for r in group)
-            xs = [float(np.mean([r["curve"][i]["tokens"] for r in group])) for i in range(n_points)]
-            stats = [bootstrap_ci([r["curve"][i]["score_mean"] for r in group], confidence) for i in range(n_points)]
+            # seeds are evaluated at slightly different token counts: interpolate each seed's curve at
+            # every evaluated point up to the shortest run, then add the final evaluations
+            curves = [([c["tokens"] for c in r["curve"]], [c["score_mean"] for c in r["curve"]]) for r in group]
+            shortest = min(x[-1] for x, _ in curves)
+            xs = sorted({x for tokens, _ in curves for x in tokens if x < shortest})
+            columns = [[float(np.interp(x, tokens, scores)) for tokens, scores in curves] for x in xs]
+            xs.append(float(np.mean([tokens[-1] for tokens, _ in curves])))
+            columns.append([scores[-1] for _, scores in curves])
+            stats = [bootstrap_ci(column, confidence) for column in columns]
             means = [s[0] for s in stats]
             line, = ax.plot(xs, means, marker="o", markersize=3, label=algo)
             ax.fill_between(xs, [s[1] for s in stats], [s[2] for s in stats], color=line.get_color(), alpha=0.15)

@@ -256,6 +256,15 @@ class TransformerPolicyCore:
                 action_masks: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample actions; returns ``actions (B,)``, ``values (B, 1)``, ``log_prob (B,)``."""
         logits, values = self._rollout_outputs(obs)
+        if action_masks is None and not deterministic:
+            # same distribution as Categorical(logits=process_logits(logits)), without torch.distributions'
+            # per-call overhead (argument validation, broadcasting): log-softmax, inverse-CDF sample, gather
+            logprobs = torch.log_softmax(process_logits(logits, self.temperature, self.top_k, self.top_p), -1)
+            cdf = logprobs.exp().cumsum(-1)
+            draw = torch.rand((cdf.shape[0], 1), device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+            actions = torch.searchsorted(cdf, draw, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
+            self._remember_actions(actions)
+            return actions, values.view(-1, 1), logprobs.gather(-1, actions[:, None]).squeeze(-1)
         distribution = self._distribution(logits, action_masks)
         actions = _sample(distribution, deterministic)
         self._remember_actions(actions)

@@ -48,6 +48,20 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor,
+                         entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gather_logprobs`` and ``entropy_from_logits`` sharing one log-softmax: ``(B, T, V), (B, T) -> (B, T), (B, T)``.
+
+    With ``entropy_grad=False`` the entropy is computed without building its graph (it is then
+    only logged), which saves a vocabulary-sized backward pass when the entropy bonus is 0.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    token_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = -(logp.exp() * logp).sum(-1)
+    return token_logp, entropy
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over positions where ``mask`` is 1. ``(B, T), (B, T) -> ()``."""
     mask = mask.to(values.dtype)

@@ -55,8 +55,9 @@ def parser(description: str, *, batch: int = 16, new_tokens: int = 64, repeats: 
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (pinned; default 1)")
     p.add_argument("--model", default="bench",
-                   help="'bench' (default: GPT-2 2 layers x 128 built locally, bundled 4096-token tokenizer), "
-                        "'tiny' (the bundled 4-layer model) or a save_pretrained folder")
+                   help="'bench' (default: GPT-2 2 layers x 128 built locally, bundled 4096-token tokenizer, EOS "
+                        "suppressed so episodes have exactly --new-tokens tokens), 'bench-eos' (same, EOS left "
+                        "samplable), 'tiny' (the bundled 4-layer model) or a save_pretrained folder")
     p.add_argument("--batch", type=int, default=batch, help=f"parallel episodes / sequences (default {batch})")
     p.add_argument("--new-tokens", type=int, default=new_tokens, help=f"generated tokens per episode "
                                                                       f"(default {new_tokens})")
@@ -96,8 +97,17 @@ def pin_threads(n: int) -> None:
 _BUILT: dict[str, str] = {}
 
 
-def build_bench_model(directory: str | Path, seed: int = 0, **overrides: int) -> Path:
-    """Save a randomly initialised GPT-2 (``BENCH_MODEL`` + ``overrides``) with the bundled tokenizer."""
+def build_bench_model(directory: str | Path, seed: int = 0, suppress_eos: bool = True, **overrides: int) -> Path:
+    """Save a randomly initialised GPT-2 (``BENCH_MODEL`` + ``overrides``) with the bundled tokenizer.
+
+    ``suppress_eos``: make EOS (practically) never sampled, so that every episode generates exactly
+    ``--new-tokens`` tokens in every implementation (ours, the hand-written ceiling, TRL), as in
+    ANCHORS' fixed-length measurements. A random model otherwise samples EOS with probability ~1/4096 per
+    token: some episodes end early, the batch desynchronises, and each restart costs our env and policy an
+    extra (small) prefill forward that the fixed-length loops never pay. Done by pointing EOS's (tied,
+    never input) embedding row against a constant offset of the final layer norm's output:
+    ``logit(EOS) <= -2 * (b - sqrt(n_embd))`` with the offset ``b = max(20, 2 sqrt(n_embd))``.
+    """
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -107,21 +117,31 @@ def build_bench_model(directory: str | Path, seed: int = 0, **overrides: int) ->
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **{**BENCH_MODEL, **overrides})
     torch.manual_seed(seed)
-    GPT2LMHeadModel(config).save_pretrained(directory)
+    model = GPT2LMHeadModel(config)
+    if suppress_eos:
+        width = config.n_embd
+        with torch.no_grad():
+            model.transformer.ln_f.bias[0] = max(20.0, 2.0 * width ** 0.5)
+            row = model.transformer.wte.weight[tokenizer.eos_token_id]
+            row.zero_()
+            row[0] = -2.0
+    model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
 
 def resolve_model(spec: str, seed: int = 0) -> str:
-    """``bench`` -> a freshly built folder (once per process), ``tiny`` -> the bundled model, else the path."""
-    if spec == "bench":
-        if "bench" not in _BUILT:
-            _BUILT["bench"] = str(build_bench_model(tempfile.mkdtemp(prefix="bench-gpt2-"), seed=seed))
-        return _BUILT["bench"]
+    """``bench`` -> a freshly built folder (once per process; ``bench-eos`` keeps EOS samplable),
+    ``tiny`` -> the bundled model, else the path."""
+    if spec in ("bench", "bench-eos"):
+        if spec not in _BUILT:
+            _BUILT[spec] = str(build_bench_model(tempfile.mkdtemp(prefix="bench-gpt2-"), seed=seed,
+                                                 suppress_eos=spec == "bench"))
+        return _BUILT[spec]
     if spec == "tiny":
         return str(BUNDLED_DIR)
     if not Path(spec).is_dir():
-        raise SystemExit(f"--model {spec!r}: expected 'bench', 'tiny' or a save_pretrained folder")
+        raise SystemExit(f"--model {spec!r}: expected 'bench', 'bench-eos', 'tiny' or a save_pretrained folder")
     return spec
 
 
@@ -160,12 +180,15 @@ def timed(fn: Callable[[], float], repeats: int) -> dict[str, Any]:
     return summarize(rates)
 
 
-def interleaved(fns: dict[str, Callable[[], float]], repeats: int, warmup: bool = True) -> dict[str, dict[str, Any]]:
+def interleaved(fns: dict[str, Callable[[], float]], repeats: int, warmup: bool = True,
+                no_warmup: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """Time several workloads side by side, interleaving them (A B C, A B C, ...) so that a change in machine
-    load hits all of them alike. Each ``fn`` returns the number of tokens it processed."""
+    load hits all of them alike. Each ``fn`` returns the number of tokens it processed. Every workload but
+    those named in ``no_warmup`` (long ones, where a first-call cost is negligible) is run once untimed."""
     if warmup:
-        for fn in fns.values():
-            fn()
+        for name, fn in fns.items():
+            if name not in no_warmup:
+                fn()
     rates: dict[str, list[float]] = {name: [] for name in fns}
     cpu_rates: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):

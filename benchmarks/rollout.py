@@ -9,8 +9,10 @@ one warm-up call each.
 (a) ceiling: a minimal loop over Hugging Face ``past_key_values`` (policy and reference caches);
 (b) ``TokenPPO.collect_rollouts`` on ``make_text_vec_env`` (the batched ``TextGen-v0`` vector env);
 (c) stock ``stable_baselines3.PPO.collect_rollouts`` with ``TransformerPolicy`` on the same env;
-(d) naive: TokenPPO with ``policy_kwargs={"use_kv_cache": False}`` (the policy re-runs the whole context at
-    every token; the env's reference model still uses its KV cache: that is the env's design).
+(d) naive: no KV cache anywhere: TokenPPO with ``policy_kwargs={"use_kv_cache": False}`` (the policy re-runs
+    the whole context at every token) and the env's reference stepper replaced, in this script only, by one
+    that re-runs each slot's whole history (the env always caches, by design);
+(d') TokenPPO with ``use_kv_cache=False`` only (the env's reference keeps its KV cache).
 
     python benchmarks/rollout.py --threads 1 --batch 16 --new-tokens 64 --repeats 5
 """
@@ -66,6 +68,39 @@ def ceiling_rollout(policy_lm, value_head, ref_lm, tokenizer, prompts: list[str]
     return batch * new_tokens
 
 
+def uncached_stepper_class():
+    """A drop-in for the env's ``BatchedLMStepper`` that keeps no KV cache: every step re-runs each slot's
+    whole token history (what RL4LMs' replay does), for the fully naive variant (e)."""
+    import torch
+
+    from text_envs.lm_stepper import BatchedLMStepper, StepOutput, left_pad, positions_from_mask
+
+    class UncachedStepper(BatchedLMStepper):
+        def _full(self, sequences) -> StepOutput:
+            ids, mask = left_pad(sequences, self.pad_id, self.device)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                             use_cache=False, logits_to_keep=1, output_hidden_states=self.output_hidden)
+            hidden = out.hidden_states[-1][:, -1].float() if self.output_hidden else None
+            return StepOutput(out.logits[:, -1].float(), hidden)
+
+        @torch.no_grad()
+        def prefill(self, slots, sequences) -> StepOutput:
+            for slot, seq in zip(slots, sequences):
+                self.tokens[slot] = list(seq)
+            self.cache = True  # "started"
+            return self._full(sequences)
+
+        @torch.no_grad()
+        def step(self, tokens, active=None) -> StepOutput:
+            active = torch.ones(self.batch_size, dtype=torch.bool) if active is None else active
+            values = tokens.tolist()
+            for slot in torch.nonzero(active).flatten().tolist():
+                self.tokens[slot].append(values[slot])
+            return self._full([seq if seq else [self.pad_id] for seq in self.tokens])
+
+    return UncachedStepper
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = common.parser(__doc__.splitlines()[0], batch=16, new_tokens=64, repeats=3).parse_args(argv)
     common.pin_threads(args.threads)
@@ -82,8 +117,11 @@ def main(argv: list[str] | None = None) -> dict:
     env_kwargs = {"model": model_path, "task": common.bench_task(args.new_tokens),
                   "reward_model": common.vowel_reward, "kl_coef": 0.05, "max_new_tokens": args.new_tokens}
 
-    def make(cls, **policy_kwargs):
+    def make(cls, uncached_reference: bool = False, **policy_kwargs):
         env = make_text_vec_env(args.batch, env_kwargs=env_kwargs)
+        if uncached_reference:
+            batch = env.env.batch
+            batch.stepper = uncached_stepper_class()(batch.stepper.model, args.batch, batch.pad_id)
         algo = cls(TransformerPolicy, env, n_steps=args.new_tokens, batch_size=args.batch, n_epochs=1,
                    policy_kwargs={"model": model_path, **policy_kwargs}, seed=args.seed, device="cpu")
         _, callback = algo._setup_learn(10**9, callback=None)
@@ -111,21 +149,25 @@ def main(argv: list[str] | None = None) -> dict:
         "(a) ceiling: hand-written KV-cache loop": ceiling,
         "(b) TokenPPO.collect_rollouts": make(TokenPPO),
         "(c) SB3 PPO.collect_rollouts + TransformerPolicy": make(PPO),
-        "(d) naive: TokenPPO, use_kv_cache=False": make(TokenPPO, use_kv_cache=False),
+        "(d) naive: TokenPPO, no KV cache (policy and reference)": make(TokenPPO, uncached_reference=True,
+                                                                         use_kv_cache=False),
+        "(d') TokenPPO, use_kv_cache=False (env reference still cached)": make(TokenPPO, use_kv_cache=False),
     }
     results = common.interleaved(workloads, args.repeats)
-    a, b, c, d = results.values()
+    a, b, c, d, d_policy = results.values()
     title = (f"Rollout: generated tokens/s, batch {args.batch}, {args.new_tokens} new tokens, "
              f"{args.threads} thread(s), median of {args.repeats}")
     common.print_table(title, list(results.items()))
     ratios = {"tokenppo_vs_ceiling": common.ratio(b, a), "sb3ppo_vs_ceiling": common.ratio(c, a),
-              "tokenppo_vs_naive": common.ratio(b, d)}
+              "tokenppo_vs_naive": common.ratio(b, d), "tokenppo_vs_naive_policy_only": common.ratio(b, d_policy)}
     cpu_ratios = {"tokenppo_vs_ceiling": common.cpu_ratio(b, a), "sb3ppo_vs_ceiling": common.cpu_ratio(c, a),
-                  "tokenppo_vs_naive": common.cpu_ratio(b, d)}
+                  "tokenppo_vs_naive": common.cpu_ratio(b, d),
+                  "tokenppo_vs_naive_policy_only": common.cpu_ratio(b, d_policy)}
     payload = {"config": {"batch": args.batch, "new_tokens": args.new_tokens, "repeats": args.repeats,
                           "kl_coef": 0.05, "reward": "vowel_reward", "model": common.describe_model(model_path),
-                          "naive_note": "use_kv_cache=False disables the policy's cache only; the env's reference "
-                                        "model keeps its KV cache (env design)"},
+                          "naive_note": "(d) disables every KV cache: the policy with use_kv_cache=False and the "
+                                        "env's reference through a benchmark-side uncached stepper (the env itself "
+                                        "always caches); (d') disables the policy's cache only"},
                "environment": common.environment(args.threads),
                "results": results, "targets": {"tokenppo_vs_ceiling": 0.8, "sb3ppo_vs_ceiling": 0.5,
                                                "tokenppo_vs_naive": 5.0},

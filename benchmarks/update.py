@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common  # noqa: E402
 
+SB3_LABEL = "SB3 PPO.train() + TransformerPolicy (one forward per token)"
+
 
 def main(argv: list[str] | None = None) -> dict:
     p = common.parser(__doc__.splitlines()[0], batch=16, new_tokens=64, repeats=3)
@@ -28,7 +30,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     common.pin_threads(args.threads)
     import numpy as np
-    import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.utils import set_random_seed
 
@@ -91,9 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
         def sb3_update() -> int:
             sb3.train()
             return sb3_tokens * args.epochs
-        workloads["SB3 PPO.train() + TransformerPolicy (one forward per token)"] = sb3_update
+        workloads[SB3_LABEL] = sb3_update
 
-    results = common.interleaved(workloads, args.repeats)
+    results = common.interleaved(workloads, args.repeats, no_warmup=(SB3_LABEL,))
     stats = list(results.values())
     title = (f"Update: trained tokens/s (tokens x epochs / s), {args.batch} sequences x {args.new_tokens} tokens, "
              f"{args.epochs} epochs, minibatch {args.minibatch} sequences, {args.threads} thread(s), "

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 
 import pytest
 
-import agents.compare as cmp
+import agents
+from agents.compare import compare  # noqa: F401  (the module below is sys.modules["agents.compare"])
 from text_envs.errors import ConfigError
 
+cmp = sys.modules["agents.compare"]
 FAST = {"n_steps": 8, "batch_size": 8}
+
+
+def test_package_exports_compare():
+    assert agents.compare is cmp.compare and callable(agents.compare)
 
 
 def test_bootstrap_ci_on_known_data():

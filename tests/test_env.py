@@ -249,3 +249,28 @@ def test_all_tasks_reset_offline():
         _, info = env.reset(seed=0)
         assert info["prompt"]
 
+
+
+def test_text_envs_never_imports_stable_baselines3():
+    import subprocess
+    import sys
+
+    code = ("import sys, gymnasium as gym, text_envs, text_envs.vector_env, text_envs.rewards, text_envs.tasks, "
+            "text_envs.models; gym.make('TextGen-v0', kl_coef=0.0); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('stable_baselines3', 'sb3_contrib', 'agents')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_loaded_policy_model_is_snapshotted_not_frozen_as_reference(tiny_gpt2_dir):
+    from transformers import AutoModelForCausalLM
+
+    policy_lm = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    env = gym.make("TextGen-v0", model=policy_lm, max_new_tokens=3).unwrapped
+    reference = env.batch.stepper.model
+    assert reference is not policy_lm
+    assert all(p.requires_grad for p in policy_lm.parameters())
+    assert not any(p.requires_grad for p in reference.parameters())
+    with torch.no_grad():
+        next(policy_lm.parameters()).add_(1.0)  # training the policy must not move the reference
+    assert not torch.equal(next(policy_lm.parameters()), next(reference.parameters()))

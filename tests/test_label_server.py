@@ -402,3 +402,154 @@ def test_label_command_refuses_public_host(tmp_path: Path) -> None:
     lines_ = result.stderr.strip().splitlines()
     assert len(lines_) == 1 and lines_[0].startswith("textgen-rl label: error: host='0.0.0.0'"), result.stderr
     assert not (tmp_path / "f.jsonl").exists()
+
+
+# --------------------------------------------------------------------------- simulated labeller (--oracle)
+
+
+def word_count(prompts: list[str], completions: list[str]) -> list[float]:
+    """A hidden rule for the oracle tests: more words is better."""
+    return [float(len(c.split())) for c in completions]
+
+
+ORACLE_GENERATIONS = [
+    Generation(0, "The food was", (" very good indeed.", " good.", " fine, I guess so.")),
+    Generation(1, "My neighbour", (" waved.", " smiled.", " shouted.")),  # all tie
+    Generation(2, "Today", (" it rained.", " the sun came out.", " it rained.")),
+]
+
+
+def test_oracle_pure_decisions() -> None:
+    from agents.rlhf.oracle import compare_choice, rank_order, ratings_for
+
+    assert compare_choice([0.2, 0.7]) == 1 and compare_choice([0.7, 0.2]) == 0
+    assert compare_choice([0.5, 0.5]) is None and compare_choice([0.5, 0.55], margin=0.1) is None
+    assert rank_order([1.0, 3.0, 3.0, 0.0]) == [1, 2, 0, 3]  # ties keep their order
+    assert rank_order([2.0, 2.0, 2.0]) is None and rank_order([1.0, 1.05], margin=0.1) is None
+    # quantile: mid-rank quantile, a fifth of the items per rating, equal scores equal ratings
+    assert ratings_for(list(range(10))) == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert ratings_for([7.0, 7.0, 7.0]) == [3, 3, 3] and ratings_for([0.5]) == [3] and ratings_for([]) == []
+    assert ratings_for([3.0, 1.0, 2.0, 2.0], "quantile") == [5, 1, 3, 3]
+    # minmax: linear between the session's extremes (round half up)
+    assert ratings_for([-1.0, 0.0, 1.0, 0.3], "minmax") == [1, 3, 5, 4]
+    assert ratings_for([2.0, 2.0], "minmax") == [3, 3]
+    # fixed range: independent of the other items, clipped
+    assert ratings_for([-3.0, -1.0, 0.0, 0.5, 3.0], (-1, 1)) == [1, 1, 3, 4, 5]
+    assert ratings_for([0.0], "-1,1") == [3]
+
+
+def test_oracle_specs_and_errors() -> None:
+    from agents.rlhf.oracle import make_oracle, oracle_answers, parse_oracle_spec, parse_rating_scale
+    from text_envs.errors import TextEnvsError
+
+    assert parse_oracle_spec("sentiment") == ("sentiment", {})
+    assert parse_oracle_spec('length:{"target_words": 30}') == ("length", {"target_words": 30})
+    assert parse_oracle_spec("length:target_words=30") == ("length", {"target_words": 30})
+    assert parse_oracle_spec("learned:rm/v1") == ("learned", {"path": "rm/v1"})
+    for bad, message in (("", "non-empty|reward name"), ("length:{oops", "not valid JSON"), ("length:[1]", "JSON object|not valid"),
+                         (":x=1", "no reward name")):  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            parse_oracle_spec(bad)
+    assert parse_rating_scale("quantile") == "quantile" and parse_rating_scale("-1,1") == (-1.0, 1.0)
+    for bad in ("median", "1,1", "2,1", "a,b", "1,2,3", "nan,1"):
+        with pytest.raises(ConfigError, match="rating scale"):
+            parse_rating_scale(bad)
+    assert make_oracle("length:target_words=5")(["p"], [" one two three four five"])[0] == 0.0
+    with pytest.raises(TextEnvsError, match="no-such-reward"):
+        make_oracle("no-such-reward")
+    with pytest.raises(ConfigError, match="margin"):
+        oracle_answers([], [], "compare", margin=-1)
+
+
+def test_oracle_compare_writes_the_same_lines_and_resumes(tmp_path: Path) -> None:
+    from agents.rlhf.oracle import run_oracle
+
+    out = tmp_path / "fb.jsonl"
+    items = build_items(ORACLE_GENERATIONS, "compare")  # 3 pairs per prompt
+    with FeedbackWriter(out) as writer:
+        session = LabelSession(items, writer, mode="compare", meta={"model": "m", "task": "t"})
+        session.answer({"id": "compare-0-0-1", "choice": 1})  # a human answers one item first
+        summary = run_oracle(session, word_count, spec="words")
+        assert session.finished
+    assert (summary.answered, summary.skipped, summary.already_done, summary.total) == (4, 4, 1, 9)
+    rows = lines(out)
+    assert len(rows) == 9 and len({row.get("id", row.get("skip")) for row in rows}) == 9
+    human, oracle_rows = rows[0], rows[1:]
+    for row in oracle_rows:
+        if "skip" in row:  # ties (prompt 1 entirely, and the two identical completions of prompt 2)
+            assert set(row) == {"skip", "meta"} and row["meta"]["reason"] == "tie"
+            assert row["meta"]["oracle_scores"][0] == row["meta"]["oracle_scores"][1]
+            continue
+        assert set(row) == set(human) == {"id", "prompt", "chosen", "rejected", "meta"}
+        assert len(row["chosen"].split()) > len(row["rejected"].split())
+        assert row["meta"]["labeller"] == "oracle:words" and row["meta"]["model"] == "m"
+        assert set(human["meta"]) <= set(row["meta"])
+    assert sorted(row["skip"] for row in oracle_rows if "skip" in row) == [
+        "compare-1-0-1", "compare-1-0-2", "compare-1-1-2", "compare-2-0-2"]  # fmt: skip
+    assert len(read_feedback(out).preferences) == 5
+    # resuming answers nothing new and writes nothing
+    before = out.read_bytes()
+    with FeedbackWriter(out) as writer:
+        again = run_oracle(LabelSession(items, writer, mode="compare"), word_count, spec="words")
+    assert (again.answered, again.skipped, again.already_done) == (0, 0, 9) and out.read_bytes() == before
+
+
+def test_oracle_rate_and_rank(tmp_path: Path) -> None:
+    from agents.rlhf.oracle import run_oracle
+
+    out = tmp_path / "fb.jsonl"
+    with FeedbackWriter(out) as writer:
+        summary = run_oracle(LabelSession(build_items(ORACLE_GENERATIONS, "rate"), writer, mode="rate"), word_count,
+                             spec="words", rating_scale="minmax")  # fmt: skip
+        assert (summary.answered, summary.skipped) == (9, 0)
+        summary = run_oracle(LabelSession(build_items(ORACLE_GENERATIONS, "rank"), writer, mode="rank"), word_count,
+                             spec="words")  # fmt: skip
+        assert (summary.answered, summary.skipped) == (2, 1)  # prompt 1: all completions tie
+    data = read_feedback(out)
+    by_completion = {(r.prompt, r.completion): r.score for r in data.ratings}
+    assert by_completion[("The food was", " fine, I guess so.")] == 5  # 4 words: the maximum
+    assert by_completion[("The food was", " very good indeed.")] == 4  # 1 + 4 * (3 - 1) / (4 - 1) = 3.67
+    assert by_completion[("My neighbour", " waved.")] == 1  # 1 word: the minimum
+    assert by_completion[("Today", " the sun came out.")] == 5
+    assert all(isinstance(score, int) and 1 <= score <= 5 for score in by_completion.values())
+    rankings = {r.prompt: r.completions for r in data.rankings}
+    assert rankings["The food was"] == (" fine, I guess so.", " very good indeed.", " good.")
+    assert rankings["Today"] == (" the sun came out.", " it rained.", " it rained.")
+    assert data.skipped == ["rank-1"]
+
+
+def test_label_command_with_oracle(tmp_path: Path) -> None:
+    out = tmp_path / "fb.jsonl"
+    cmd = [
+        sys.executable, "-m", "agents.cli", "label", "--model", "tiny", "--task", "sentiment", "--n", "4", "--k", "3",
+        "--out", str(out), "--max-new-tokens", "6", "--device", "cpu", "--oracle", 'length:{"target_words": 10}',
+    ]  # fmt: skip
+    result = subprocess.run(cmd, cwd=REPO_ROOT, env=_cli_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert 'oracle length:{"target_words": 10}: ' in result.stdout and "12/12 items done" in result.stdout
+    data = read_feedback(out)
+    assert len(data.preferences) + len(data.skipped) == 12 and data.preferences
+    assert all(p.extra["meta"]["labeller"].startswith("oracle:length") for p in data.preferences)
+    rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=_cli_env(), capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0 and "already answered" in rerun.stdout, rerun.stderr
+    assert len(read_feedback(out).preferences) == len(data.preferences)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--oracle", "no-such-reward"], "no-such-reward"),
+        (["--oracle", "length:{bad"], "not valid JSON"),
+        (["--oracle", "length", "--oracle-margin", "-1"], "--oracle-margin -1"),
+        (["--oracle", "length", "--mode", "rate", "--oracle-rating", "median"], "rating scale 'median'"),
+    ],
+)
+def test_label_command_oracle_bad_input(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
+    from agents.cli import main
+
+    out = tmp_path / "fb.jsonl"
+    assert main(["label", "--out", str(out), "--device", "cpu", *extra]) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == 1 and err_lines[0].startswith("textgen-rl label: error: "), err_lines
+    assert message in err_lines[0]
+    assert not out.exists()

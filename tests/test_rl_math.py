@@ -9,7 +9,8 @@ import torch
 
 from agents.kl_control import AdaptiveKLController, FixedKLController
 from agents.rl_math import (MASKED_LOGIT, clipped_policy_loss, clipped_value_loss, entropy_from_logits, filter_mask,
-                            gae, gather_logprobs, kl_estimate, masked_mean, masked_whiten, process_logits)
+                            gae, gather_logprobs, kl_estimate, logprobs_and_entropy, masked_mean, masked_whiten,
+                            process_logits)
 from text_envs.errors import ConfigError
 
 
@@ -93,3 +94,14 @@ def test_kl_controllers():
     assert adaptive.update(6.0 * 0.95, 1000) == pytest.approx(0.1 * 1.02 * (1 - 0.05))
     with pytest.raises(ConfigError):
         AdaptiveKLController(0.0, 6.0, 1000)
+
+
+def test_logprobs_and_entropy_match_the_separate_functions():
+    logits = torch.randn(2, 3, 7, requires_grad=True)
+    tokens = torch.randint(0, 7, (2, 3))
+    logp, entropy = logprobs_and_entropy(logits, tokens, entropy_grad=False)
+    assert torch.allclose(logp, gather_logprobs(logits, tokens))
+    assert torch.allclose(entropy, entropy_from_logits(logits))
+    assert logp.requires_grad and not entropy.requires_grad
+    _, entropy = logprobs_and_entropy(logits, tokens, entropy_grad=True)
+    assert entropy.requires_grad

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -84,8 +85,10 @@ def build_episode_batch(config: TextGenConfig, batch_size: int) -> tuple[Episode
     reward = task.build_reward(config.reward_model, config.reward_kwargs)
     reference = None
     if config.kl_coef > 0:
-        reference = load_model(config.reference_model if config.reference_model is not None else config.model,
-                               device=config.device, dtype=config.dtype)
+        source = config.reference_model if config.reference_model is not None else config.model
+        if isinstance(source, PreTrainedModel) and source is config.model:
+            source = copy.deepcopy(source)  # a frozen snapshot: the caller may go on training `model`
+        reference = load_model(source, device=config.device, dtype=config.dtype)
         reference.requires_grad_(False)
     batch = EpisodeBatch(
         tokenizer=tokenizer, vocab_size=_vocab_size(config.model), reward_model=reward, reference=reference,

@@ -103,8 +103,9 @@ class BatchedLMStepper:
         self.mask = torch.cat([self.mask, active.long()[:, None]], dim=1)
         out = self._forward(tokens[:, None], self.mask, self.positions[:, None], self.cache)
         self.positions = self.positions + active.long()
+        values = tokens.tolist()
         for slot in torch.nonzero(active).flatten().tolist():
-            self.tokens[slot].append(int(tokens[slot]))
+            self.tokens[slot].append(values[slot])
         self._trim()
         return out
 
@@ -142,6 +143,8 @@ class BatchedLMStepper:
 
     def _trim(self) -> None:
         """Drop leading columns that no slot attends to."""
+        if self.mask.shape[1] == 0 or bool(self.mask[:, 0].any()):  # first column in use: nothing to trim
+            return
         used = self.mask.any(dim=0)
         if used.all() or not used.any():
             return

@@ -17,7 +17,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from agents.buffers import Episode, SequenceBatch, SequenceRolloutBuffer
 from agents.kl_control import AdaptiveKLController, FixedKLController
 from agents.policy import TransformerPolicy
-from agents.rl_math import entropy_from_logits, gather_logprobs, masked_mean
+from agents.rl_math import logprobs_and_entropy
 from text_envs.errors import ConfigError
 
 
@@ -129,11 +129,14 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
         return True
 
     # ------------------------------------------------------------------------------------- updates
-    def evaluate_batch(self, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One teacher-forced forward over a minibatch: ``logprobs (B, T)``, ``entropy (B, T)``, ``values (B, T)``."""
+    def evaluate_batch(self, batch: SequenceBatch,
+                       entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One teacher-forced forward over a minibatch: ``logprobs (B, T)``, ``entropy (B, T)``, ``values (B, T)``.
+        ``entropy_grad=False`` returns the entropy without gradient (when it is only logged)."""
         logits, values = self.policy.evaluate_sequences(batch.input_ids, batch.attention_mask,
                                                         batch.actions.shape[1])
-        return gather_logprobs(logits, batch.actions), entropy_from_logits(logits), values
+        logprobs, entropy = logprobs_and_entropy(logits, batch.actions, entropy_grad)
+        return logprobs, entropy, values
 
     def optimizer_step(self, loss: torch.Tensor) -> float:
         """Backward, clip gradients, step; returns the gradient norm."""
@@ -160,6 +163,16 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
         if new_coef != self.kl_coef:
             self.kl_coef = new_coef
             self.env.set_attr("kl_coef", new_coef)
+
+    def learn(self, total_timesteps: int, callback: Any = None, log_interval: int = 1, tb_log_name: str = "",
+              reset_num_timesteps: bool = True, progress_bar: bool = False) -> "SequenceOnPolicyAlgorithm":
+        """Train for ``total_timesteps`` generated tokens (see SB3's ``learn``); the losses of the last
+        update are written to the logger too."""
+        super().learn(total_timesteps=total_timesteps, callback=callback, log_interval=log_interval,
+                      tb_log_name=tb_log_name or type(self).__name__, reset_num_timesteps=reset_num_timesteps,
+                      progress_bar=progress_bar)
+        self.logger.dump(step=self.num_timesteps)
+        return self
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_shuffle_rng"]

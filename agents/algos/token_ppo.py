@@ -70,7 +70,7 @@ class TokenPPO(SequenceOnPolicyAlgorithm):
         continue_training = True
         for _ in range(self.n_epochs):
             for batch in buffer.minibatches(self.batch_size, self._shuffle_rng):
-                logprobs, entropy, values = self.evaluate_batch(batch)
+                logprobs, entropy, values = self.evaluate_batch(batch, entropy_grad=self.ent_coef != 0)
                 mask = batch.completion_mask
                 policy_loss, clip_fraction = clipped_policy_loss(logprobs, batch.old_logprobs, batch.advantages,
                                                                  mask, self.clip_range_value)
@@ -97,11 +97,3 @@ class TokenPPO(SequenceOnPolicyAlgorithm):
                 self.logger.record(f"losses/{key}", float(np.mean(values)))
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.finish_update(buffer.episodes)
-
-    def learn(self, total_timesteps: int, callback: Any = None, log_interval: int = 1,
-              tb_log_name: str = "TokenPPO", reset_num_timesteps: bool = True,
-              progress_bar: bool = False) -> "TokenPPO":
-        """Train for ``total_timesteps`` generated tokens (see SB3's ``learn``)."""
-        return super().learn(total_timesteps=total_timesteps, callback=callback, log_interval=log_interval,
-                             tb_log_name=tb_log_name, reset_num_timesteps=reset_num_timesteps,
-                             progress_bar=progress_bar)

@@ -3,6 +3,7 @@
 Examples::
 
     textgen-rl label --model tiny --task sentiment --n 20 --k 2 --out feedback.jsonl
+    textgen-rl label --model tiny --task sentiment --n 300 --k 2 --out synthetic.jsonl --oracle length
     textgen-rl train-rm --data feedback.jsonl --base minilm --out rm/
     # then: make_reward("learned", path="rm/")  /  --reward-model learned:rm/
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 
 LABEL_EXAMPLE = "textgen-rl label --model tiny --task sentiment --n 20 --k 2 --out feedback.jsonl"
+ORACLE_EXAMPLE = "textgen-rl label --model tiny --task sentiment --n 300 --k 2 --out synthetic.jsonl --oracle length"
 
 
 def register(subparsers: Any) -> None:
@@ -37,7 +39,7 @@ def _register_label(subparsers: Any) -> None:
             "immediately; rerun the same command to resume. Keys: 1/2 (or 1-5 / numbers in order) answer, "
             "s skip, u undo."
         ),
-        epilog=f"example: {LABEL_EXAMPLE}",
+        epilog=f"example: {LABEL_EXAMPLE}; simulated labeller (no page): {ORACLE_EXAMPLE}",
     )
     parser.add_argument("--out", required=True, help="feedback JSONL file (appended to; the items are cached in OUT.items.json)")
     parser.add_argument("--model", default="tiny", help="causal LM that writes the completions (alias, folder or hub id; default: tiny)")
@@ -55,6 +57,32 @@ def _register_label(subparsers: Any) -> None:
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     parser.add_argument(
         "--linger", type=float, default=3.0, help="seconds to keep serving after the last answer (default: 3)"
+    )
+    oracle = parser.add_argument_group(
+        "simulated labeller",
+        "answer every item with a registered reward model instead of serving the page (same JSONL lines; "
+        "see agents.rlhf.oracle)",
+    )
+    oracle.add_argument(
+        "--oracle",
+        metavar="REWARD[:KWARGS]",
+        default=None,
+        help="reward model that answers: a name (sentiment, length...), name:{json kwargs}, name:key=value,... "
+        "or learned:FOLDER; compare picks the higher score, rate maps scores to 1-5, rank sorts by score",
+    )
+    oracle.add_argument(
+        "--oracle-margin",
+        type=float,
+        metavar="M",
+        default=0.0,
+        help="compare/rank: score differences <= this are ties and the item is skipped (default: 0)",
+    )
+    oracle.add_argument(
+        "--oracle-rating",
+        default="quantile",
+        metavar="{quantile,minmax,LO,HI}",
+        help="rate: score -> 1..5 by session quantiles (default), linearly between the session's min and max, "
+        "or linearly from the fixed range LO,HI (write --oracle-rating=-1,1 when LO is negative)",
     )
     parser.set_defaults(func=run_label)
 
@@ -80,25 +108,21 @@ def _validate_label_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--port {args.port}: expected 0..65535")
     if not args.linger >= 0:
         raise ConfigError(f"--linger {args.linger}: expected >= 0")
+    if args.oracle is not None:
+        from agents.rlhf.oracle import parse_oracle_spec, parse_rating_scale
+
+        parse_oracle_spec(args.oracle)
+        parse_rating_scale(args.oracle_rating)
+        if not (args.oracle_margin >= 0 and args.oracle_margin != float("inf")):
+            raise ConfigError(f"--oracle-margin {args.oracle_margin}: expected a finite number >= 0")
 
 
-def run_label(args: argparse.Namespace) -> int:
-    from agents.rlhf.data import FeedbackWriter
-    from agents.rlhf.generate import (
-        GenerationSettings,
-        build_items,
-        generate_completions,
-        items_path_for,
-        load_or_generate,
-        task_prompts,
-    )
-    from agents.rlhf.label_server import LabelServer, LabelSession
-
-    _validate_label_args(args)
+def _generations(args: argparse.Namespace) -> list:
+    """The session's completions: reused from ``<out>.items.json`` or sampled (and cached) now."""
+    from agents.rlhf.generate import GenerationSettings, generate_completions, load_or_generate, task_prompts
     from text_envs.tasks import get_task
 
-    task = get_task(args.task)
-    max_new_tokens = args.max_new_tokens or task.max_new_tokens
+    max_new_tokens = args.max_new_tokens or get_task(args.task).max_new_tokens
     settings = GenerationSettings(
         model=args.model,
         task=args.task,
@@ -109,57 +133,99 @@ def run_label(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
     )
+
+    def generate() -> list:
+        from text_envs.models import load_model, load_tokenizer
+
+        print(f"generating {args.k} completions for {args.n} prompts with {args.model}...", file=sys.stderr, flush=True)
+        tokenizer = load_tokenizer(args.model)
+        model = load_model(args.model, device=args.device)
+        return generate_completions(
+            model,
+            tokenizer,
+            task_prompts(args.task, args.n),
+            args.k,
+            max_new_tokens=max_new_tokens,
+            seed=args.seed,
+            temperature=args.temperature,
+            top_p=args.top_p,
+        )
+
+    return load_or_generate(args.out, settings, generate)
+
+
+def run_label(args: argparse.Namespace) -> int:
+    from agents.rlhf.data import FeedbackWriter
+    from agents.rlhf.generate import build_items
+    from agents.rlhf.label_server import LabelSession
+
+    _validate_label_args(args)
+    oracle = None
+    if args.oracle is not None:  # built first: a bad reward name fails before any generation
+        from agents.rlhf.oracle import make_oracle
+
+        oracle = make_oracle(args.oracle, device=args.device)
     with FeedbackWriter(args.out) as writer:  # takes the file lock first: fail fast if in use
-
-        def generate() -> list:
-            from text_envs.models import load_model, load_tokenizer
-
-            print(f"generating {args.k} completions for {args.n} prompts with {args.model}...", file=sys.stderr, flush=True)
-            tokenizer = load_tokenizer(args.model)
-            model = load_model(args.model, device=args.device)
-            return generate_completions(
-                model,
-                tokenizer,
-                task_prompts(args.task, args.n),
-                args.k,
-                max_new_tokens=max_new_tokens,
-                seed=args.seed,
-                temperature=args.temperature,
-                top_p=args.top_p,
-            )
-
-        generations = load_or_generate(args.out, settings, generate)
-        items = build_items(generations, args.mode)
+        items = build_items(_generations(args), args.mode)
         session = LabelSession(items, writer, mode=args.mode, meta={"model": args.model, "task": args.task})
         if session.finished:
             print(f"all {len(items)} items are already answered in {args.out}; nothing to do")
             return 0
-        server = LabelServer(session, host=args.host, port=args.port)
-        server.start()
-        try:
-            state = session.state()
-            print(
-                f"labelling {state['total']} items ({state['done']} done) at {server.url}\n"
-                f"answers -> {args.out} (items cached in {items_path_for(args.out)}); Ctrl-C to stop, rerun to resume",
-                flush=True,
-            )
-            if not args.no_browser:
-                import webbrowser
+        if oracle is not None:
+            return _label_with_oracle(args, session, oracle)
+        return _serve(args, session)
 
-                webbrowser.open(server.url)
-            while True:
-                if session.wait_finished(timeout=0.5):
-                    time.sleep(args.linger)  # let the page show "all done"; an undo reopens the session
-                    if session.finished:
-                        break
-        except KeyboardInterrupt:
-            state = session.state()
-            print(f"\nstopped with {state['done']}/{state['total']} items done; rerun the same command to resume", file=sys.stderr)
-            raise
-        finally:
-            server.stop()
+
+def _serve(args: argparse.Namespace, session: Any) -> int:
+    """Serve the labelling page until every item is done (plus ``--linger``) or Ctrl-C."""
+    from agents.rlhf.generate import items_path_for
+    from agents.rlhf.label_server import LabelServer
+
+    server = LabelServer(session, host=args.host, port=args.port)
+    server.start()
+    try:
         state = session.state()
-        print(f"done: {state['answered']} answered, {state['skipped']} skipped; feedback in {args.out}")
+        print(
+            f"labelling {state['total']} items ({state['done']} done) at {server.url}\n"
+            f"answers -> {args.out} (items cached in {items_path_for(args.out)}); Ctrl-C to stop, rerun to resume",
+            flush=True,
+        )
+        if not args.no_browser:
+            import webbrowser
+
+            webbrowser.open(server.url)
+        while True:
+            if session.wait_finished(timeout=0.5):
+                time.sleep(args.linger)  # let the page show "all done"; an undo reopens the session
+                if session.finished:
+                    break
+    except KeyboardInterrupt:
+        state = session.state()
+        print(f"\nstopped with {state['done']}/{state['total']} items done; rerun the same command to resume", file=sys.stderr)
+        raise
+    finally:
+        server.stop()
+    state = session.state()
+    print(f"done: {state['answered']} answered, {state['skipped']} skipped; feedback in {args.out}")
+    return 0
+
+
+def _label_with_oracle(args: argparse.Namespace, session: Any, oracle: Any) -> int:
+    from agents.rlhf.oracle import parse_rating_scale, run_oracle
+
+    summary = run_oracle(
+        session,
+        oracle,
+        spec=args.oracle,
+        margin=args.oracle_margin,
+        rating_scale=parse_rating_scale(args.oracle_rating),
+    )
+    state = session.state()
+    tie = " as ties" if summary.skipped else ""
+    print(
+        f"oracle {args.oracle}: {summary.answered} answered, {summary.skipped} skipped{tie} "
+        f"({summary.already_done} already done, {state['done']}/{state['total']} items done); feedback in {args.out}"
+    )
     return 0
 
 

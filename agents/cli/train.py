@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser("train", help="fine-tune a language model with RL on a task")
     add_common_env_args(train)
     train.add_argument("--algo", default="token-ppo", help="token-ppo, ppo, a2c, maskable-ppo, reinforce, rloo, grpo")
-    train.add_argument("--timesteps", type=int, default=24_576, help="budget in generated tokens")
+    train.add_argument("--timesteps", type=int, default=32_768, help="budget in generated tokens")
     train.add_argument("--kl-coef", type=float, default=0.05, help="KL penalty coefficient beta")
     train.add_argument("--kl-target", type=float, default=None, help="adaptive KL target per sequence (token-ppo)")
     train.add_argument("--num-envs", type=int, default=16, help="parallel episodes")

@@ -4,6 +4,8 @@
   validating reader and a crash-safe appending writer;
 * :mod:`agents.rlhf.generate`: the completions to label (seeded sampling, cached per session);
 * :mod:`agents.rlhf.label_server`: the local labelling web page (``textgen-rl label``);
+* :mod:`agents.rlhf.oracle`: a simulated labeller answering with a reward model
+  (``textgen-rl label --oracle sentiment``): synthetic preferences with a known ground truth;
 * :mod:`agents.rlhf.reward_training`: reward-model training (``textgen-rl train-rm``); the result
   is used as ``make_reward("learned", path=...)`` (:mod:`text_envs.rewards.learned`).
 

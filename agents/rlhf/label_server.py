@@ -153,8 +153,13 @@ class LabelSession:
     def _meta(self, **fields: Any) -> dict[str, Any]:
         return {"mode": self.mode, **self.meta, **fields, "time": _now()}
 
-    def answer(self, payload: Any) -> dict[str, Any]:
-        """Validate and record one answer; returns the new state."""
+    def answer(self, payload: Any, *, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Validate and record one answer; returns the new state.
+
+        ``meta``: extra keys for the line's ``"meta"`` (e.g. the simulated labeller's scores);
+        not reachable over HTTP.
+        """
+        extra = dict(meta or {})
         with self._lock:
             item = self._pending_item(payload)
             allowed = {"id", {"compare": "choice", "rate": "score", "rank": "order"}[self.mode]}
@@ -170,7 +175,7 @@ class LabelSession:
                     "prompt": item.prompt,
                     "chosen": item.completions[choice],
                     "rejected": item.completions[1 - choice],
-                    "meta": self._meta(choice=choice),
+                    "meta": self._meta(choice=choice, **extra),
                 }
             elif self.mode == "rate":
                 score = payload.get("score")
@@ -182,7 +187,7 @@ class LabelSession:
                     "prompt": item.prompt,
                     "completion": item.completions[0],
                     "score": score,
-                    "meta": self._meta(),
+                    "meta": self._meta(**extra),
                 }
             else:
                 order = payload.get("order")
@@ -197,18 +202,19 @@ class LabelSession:
                     "id": item.id,
                     "prompt": item.prompt,
                     "completions": [item.completions[i] for i in order],
-                    "meta": self._meta(order=order),
+                    "meta": self._meta(order=order, **extra),
                 }
             self.writer.append(record)
             self.changed.notify_all()
             return self.state()
 
-    def skip(self, payload: Any) -> dict[str, Any]:
+    def skip(self, payload: Any, *, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record that an item was skipped (``meta`` as in :meth:`answer`); returns the new state."""
         with self._lock:
             item = self._pending_item(payload)
             if set(payload) - {"id"}:
                 raise RequestError(400, f"unknown field(s): {', '.join(sorted(set(payload) - {'id'}))}")
-            self.writer.skip(item.id, meta=self._meta())
+            self.writer.skip(item.id, meta=self._meta(**(meta or {})))
             self.changed.notify_all()
             return self.state()
 

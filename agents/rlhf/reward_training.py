@@ -331,56 +331,59 @@ def _score(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int,
     return out
 
 
-def train_reward_model(
-    config: RewardTrainingConfig,
-    *,
-    log: Callable[[str], None] | None = None,
-    _before_save: Callable[[Path], None] | None = None,
-) -> RewardTrainingResult:
-    """Train a reward model as described by ``config`` and save it to ``config.out``.
+@dataclass
+class _Splits:
+    """The feedback of one training run, split into train/validation (see :func:`_prepare_data`)."""
 
-    ``log`` receives one line per epoch (validation metrics). ``_before_save`` is a test hook
-    called with the temporary folder just before it replaces ``out``.
-    """
-    import torch
-    from tqdm.auto import tqdm
+    data: Any  # FeedbackData
+    pairs_train: list[PreferencePair]
+    pairs_val: list[PreferencePair]
+    ratings_train: list[Any]
+    ratings_val: list[Any]
+    z_train: list[float]  # standardised training ratings
+    rating_mean: float
+    rating_std: float
 
-    from text_envs.rewards.base import resolve_device
-    from text_envs.rewards.learned import METADATA_FILE, rm_input_text
+    def examples(self) -> list[tuple[str, Any]]:
+        """One example = ``("pair", PreferencePair)`` or ``("rating", (Rating, z))``."""
+        return [("pair", p) for p in self.pairs_train] + [("rating", (r, z)) for r, z in zip(self.ratings_train, self.z_train)]
 
-    data_path = Path(config.data)
-    out = Path(config.out).expanduser().absolute()
-    _check_out(out)
-    device = resolve_device(config.device)
+
+def _prepare_data(data_path: Path, config: RewardTrainingConfig) -> _Splits:
+    """Read the feedback, split each kind (seeds ``seed``, ``seed+1``, ``seed+2``), expand rankings."""
     data = read_feedback(data_path)
-
     preferences_train, preferences_val = split_records(data.preferences, config.val_fraction, config.seed)
     rankings_train, rankings_val = split_records(data.rankings, config.val_fraction, config.seed + 1)
     ratings_train, ratings_val = split_records(data.ratings, config.val_fraction, config.seed + 2)
-    pairs_train: list[PreferencePair] = preferences_train + [p for r in rankings_train for p in ranking_to_pairs(r)]
-    pairs_val: list[PreferencePair] = preferences_val + [p for r in rankings_val for p in ranking_to_pairs(r)]
+    pairs_train = preferences_train + [p for r in rankings_train for p in ranking_to_pairs(r)]
+    pairs_val = preferences_val + [p for r in rankings_val for p in ranking_to_pairs(r)]
     if not pairs_train and not ratings_train:
         raise ConfigError(
             f"{data_path}: no training examples ({len(data.records)} live feedback records); "
             "collect some with `textgen-rl label` first"
         )
     z_train, rating_mean, rating_std = standardize([float(r.score) for r in ratings_train])
+    return _Splits(data, pairs_train, pairs_val, ratings_train, ratings_val, z_train, rating_mean, rating_std)
 
-    torch.manual_seed(config.seed)
+
+def _prepare_model(config: RewardTrainingConfig, device: Any) -> tuple[Any, Any, str, list[tuple[str, Any]]]:
+    """``(model, tokenizer, resolved_base, trainable named parameters)``, embeddings frozen unless asked."""
+    import torch
+
+    torch.manual_seed(config.seed)  # the fresh head's initialisation
     model, tokenizer, resolved = load_base(config.base)
     model.to(device)
     if not config.train_embeddings:
-        embeddings = model.get_input_embeddings()
-        for parameter in embeddings.parameters():
+        for parameter in model.get_input_embeddings().parameters():
             parameter.requires_grad_(False)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return model, tokenizer, resolved, trainable
 
-    # one example = ("pair", PreferencePair) or ("rating", (Rating, z))
-    examples: list[tuple[str, Any]] = [("pair", p) for p in pairs_train] + [
-        ("rating", (r, z)) for r, z in zip(ratings_train, z_train)
-    ]
-    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+
+def _make_optimizer(trainable: list[tuple[str, Any]], config: RewardTrainingConfig, total_steps: int) -> tuple[Any, Any]:
+    """AdamW (no decay on biases and norms) and a linear warm-up (10% of steps) / linear decay schedule."""
+    import torch
+
     warmup = max(1, int(0.1 * total_steps))
     no_decay = ("bias", "LayerNorm.weight", "layer_norm", "ln_")
     groups = [
@@ -391,65 +394,92 @@ def train_reward_model(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
     )
-    rng = random.Random(config.seed)
+    return optimizer, scheduler
 
-    def evaluate() -> dict[str, Any]:
-        metrics: dict[str, Any] = {"val_pairs": len(pairs_val), "val_ratings": len(ratings_val)}
-        score = lambda texts: _score(model, tokenizer, texts, batch_size=max(32, config.batch_size), max_length=config.max_length, device=device)  # noqa: E731
-        if pairs_val:
-            rc = score([rm_input_text(p.prompt, p.chosen) for p in pairs_val])
-            rr = score([rm_input_text(p.prompt, p.rejected) for p in pairs_val])
-            metrics["val_pairwise_accuracy"] = pairwise_accuracy(rc, rr)
-            metrics["val_bt_loss"] = float(bradley_terry_loss(torch.tensor(rc), torch.tensor(rr), config.margin))
-        if ratings_val:
-            pred = score([rm_input_text(r.prompt, r.completion) for r in ratings_val])
-            metrics["val_rating_pearson"] = pearson(pred, [float(r.score) for r in ratings_val])
-            z_val = [(float(r.score) - rating_mean) / rating_std for r in ratings_val]
-            metrics["val_rating_mse"] = float(rating_mse_loss(torch.tensor(pred), torch.tensor(z_val)))
-        return metrics
 
-    history: list[dict[str, Any]] = []
-    emit = log or (lambda line: None)
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        rng.shuffle(examples)
-        running, seen = 0.0, 0
-        bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not config.progress, leave=False
-        )
-        for step in bar:
-            batch = examples[step * config.batch_size : (step + 1) * config.batch_size]
-            pairs = [e for kind, e in batch if kind == "pair"]
-            rated = [e for kind, e in batch if kind == "rating"]
-            texts = [rm_input_text(p.prompt, p.chosen) for p in pairs] + [rm_input_text(p.prompt, p.rejected) for p in pairs]
-            texts += [rm_input_text(r.prompt, r.completion) for r, _ in rated]
-            enc = tokenizer(texts, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt").to(device)
-            rewards = model(**enc).logits[:, 0].float()  # (2P + R,)
-            n_p = len(pairs)
-            loss = rewards.new_zeros(())
-            if n_p:
-                loss = loss + bradley_terry_loss(rewards[:n_p], rewards[n_p : 2 * n_p], config.margin) * (n_p / len(batch))
-            if rated:
-                target = torch.tensor([z for _, z in rated], dtype=rewards.dtype, device=rewards.device)
-                loss = loss + config.rating_weight * rating_mse_loss(rewards[2 * n_p :], target) * (len(rated) / len(batch))
-            if not torch.isfinite(loss.detach()):
-                raise ConfigError(f"training diverged (loss={float(loss.detach())}) at epoch {epoch} step {step + 1}; lower --lr (now {config.lr})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
-            optimizer.step()
-            scheduler.step()
-            running += float(loss.detach()) * len(batch)
-            seen += len(batch)
-            bar.set_postfix(loss=f"{running / seen:.4f}")
-        bar.close()
-        metrics = {"epoch": epoch, "train_loss": running / max(1, seen), **evaluate()}
-        history.append(metrics)
-        shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-        emit(shown)
+def _evaluate(model: Any, tokenizer: Any, splits: _Splits, config: RewardTrainingConfig, device: Any) -> dict[str, Any]:
+    """Validation metrics: pairwise accuracy and BT loss on pairs, Pearson and MSE on ratings."""
+    import torch
 
-    final = dict(history[-1])
-    metadata = {
+    from text_envs.rewards.learned import rm_input_text
+
+    pairs_val, ratings_val = splits.pairs_val, splits.ratings_val
+    metrics: dict[str, Any] = {"val_pairs": len(pairs_val), "val_ratings": len(ratings_val)}
+
+    def score(texts: list[str]) -> list[float]:
+        return _score(model, tokenizer, texts, batch_size=max(32, config.batch_size), max_length=config.max_length, device=device)
+
+    if pairs_val:
+        rc = score([rm_input_text(p.prompt, p.chosen) for p in pairs_val])
+        rr = score([rm_input_text(p.prompt, p.rejected) for p in pairs_val])
+        metrics["val_pairwise_accuracy"] = pairwise_accuracy(rc, rr)
+        metrics["val_bt_loss"] = float(bradley_terry_loss(torch.tensor(rc), torch.tensor(rr), config.margin))
+    if ratings_val:
+        pred = score([rm_input_text(r.prompt, r.completion) for r in ratings_val])
+        metrics["val_rating_pearson"] = pearson(pred, [float(r.score) for r in ratings_val])
+        z_val = [(float(r.score) - splits.rating_mean) / splits.rating_std for r in ratings_val]
+        metrics["val_rating_mse"] = float(rating_mse_loss(torch.tensor(pred), torch.tensor(z_val)))
+    return metrics
+
+
+def _batch_loss(model: Any, tokenizer: Any, batch: list[tuple[str, Any]], config: RewardTrainingConfig, device: Any) -> Any:
+    """Loss of one batch: BT on its pairs plus weighted MSE on its ratings, each scaled by its share."""
+    import torch
+
+    from text_envs.rewards.learned import rm_input_text
+
+    pairs = [e for kind, e in batch if kind == "pair"]
+    rated = [e for kind, e in batch if kind == "rating"]
+    texts = [rm_input_text(p.prompt, p.chosen) for p in pairs] + [rm_input_text(p.prompt, p.rejected) for p in pairs]
+    texts += [rm_input_text(r.prompt, r.completion) for r, _ in rated]
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt").to(device)
+    rewards = model(**enc).logits[:, 0].float()  # (2P + R,)
+    n_p = len(pairs)
+    loss = rewards.new_zeros(())
+    if n_p:
+        loss = loss + bradley_terry_loss(rewards[:n_p], rewards[n_p : 2 * n_p], config.margin) * (n_p / len(batch))
+    if rated:
+        target = torch.tensor([z for _, z in rated], dtype=rewards.dtype, device=rewards.device)
+        loss = loss + config.rating_weight * rating_mse_loss(rewards[2 * n_p :], target) * (len(rated) / len(batch))
+    return loss
+
+
+def _train_epoch(
+    epoch: int, model: Any, tokenizer: Any, examples: list[tuple[str, Any]], optim: tuple[Any, Any],
+    trainable: list[tuple[str, Any]], config: RewardTrainingConfig, device: Any,
+) -> float:  # fmt: skip
+    """One pass over ``examples`` (already shuffled); returns the mean training loss per example."""
+    import torch
+    from tqdm.auto import tqdm
+
+    optimizer, scheduler = optim
+    model.train()
+    steps = math.ceil(len(examples) / config.batch_size)
+    running, seen = 0.0, 0
+    bar = tqdm(range(steps), desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not config.progress, leave=False)
+    for step in bar:
+        batch = examples[step * config.batch_size : (step + 1) * config.batch_size]
+        loss = _batch_loss(model, tokenizer, batch, config, device)
+        if not torch.isfinite(loss.detach()):
+            raise ConfigError(f"training diverged (loss={float(loss.detach())}) at epoch {epoch} step {step + 1}; lower --lr (now {config.lr})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
+        optimizer.step()
+        scheduler.step()
+        running += float(loss.detach()) * len(batch)
+        seen += len(batch)
+        bar.set_postfix(loss=f"{running / seen:.4f}")
+    bar.close()
+    return running / max(1, seen)
+
+
+def _metadata(
+    config: RewardTrainingConfig, data_path: Path, splits: _Splits, model: Any, resolved: str, history: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The content of ``reward_model.json`` (see the module docstring)."""
+    data = splits.data
+    return {
         "format": METADATA_FORMAT,
         "version": 1,
         "base": config.base,
@@ -462,18 +492,23 @@ def train_reward_model(
             "preferences": len(data.preferences),
             "rankings": len(data.rankings),
             "ratings": len(data.ratings),
-            "train_pairs": len(pairs_train),
-            "val_pairs": len(pairs_val),
-            "train_ratings": len(ratings_train),
-            "val_ratings": len(ratings_val),
+            "train_pairs": len(splits.pairs_train),
+            "val_pairs": len(splits.pairs_val),
+            "train_ratings": len(splits.ratings_train),
+            "val_ratings": len(splits.ratings_val),
         },
-        "metrics": final,
+        "metrics": dict(history[-1]),
         "history": history,
-        "rating_standardization": {"mean": rating_mean, "std": rating_std} if ratings_train else None,
+        "rating_standardization": {"mean": splits.rating_mean, "std": splits.rating_std} if splits.ratings_train else None,
         "config": asdict(config),
         "input": "rm_input_text(prompt, completion): prompt + completion (space-joined if needed); truncated from the left",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _save(model: Any, tokenizer: Any, metadata: dict[str, Any], out: Path, before_save: Callable[[Path], None] | None) -> None:
+    """Write the model, tokenizer and metadata to a temporary folder next to ``out``, then swap it in."""
+    from text_envs.rewards.learned import METADATA_FILE
 
     _check_out(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -485,13 +520,47 @@ def train_reward_model(
         with open(tmp / METADATA_FILE, "w", encoding="utf-8") as handle:
             json.dump(metadata, handle, indent=2, allow_nan=False, default=str)
             handle.write("\n")
-        if _before_save is not None:
-            _before_save(tmp)
+        if before_save is not None:
+            before_save(tmp)
         _replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return RewardTrainingResult(out=out, metrics=final, history=history, metadata=metadata)
+
+
+def train_reward_model(
+    config: RewardTrainingConfig,
+    *,
+    log: Callable[[str], None] | None = None,
+    _before_save: Callable[[Path], None] | None = None,
+) -> RewardTrainingResult:
+    """Train a reward model as described by ``config`` and save it to ``config.out``.
+
+    ``log`` receives one line per epoch (validation metrics). ``_before_save`` is a test hook
+    called with the temporary folder just before it replaces ``out``.
+    """
+    from text_envs.rewards.base import resolve_device
+
+    data_path = Path(config.data)
+    out = Path(config.out).expanduser().absolute()
+    _check_out(out)
+    device = resolve_device(config.device)
+    splits = _prepare_data(data_path, config)
+    model, tokenizer, resolved, trainable = _prepare_model(config, device)
+    examples = splits.examples()
+    optim = _make_optimizer(trainable, config, math.ceil(len(examples) / config.batch_size) * config.epochs)
+    rng = random.Random(config.seed)
+    history: list[dict[str, Any]] = []
+    for epoch in range(1, config.epochs + 1):
+        rng.shuffle(examples)
+        train_loss = _train_epoch(epoch, model, tokenizer, examples, optim, trainable, config, device)
+        metrics = {"epoch": epoch, "train_loss": train_loss, **_evaluate(model, tokenizer, splits, config, device)}
+        history.append(metrics)
+        if log is not None:
+            log(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    metadata = _metadata(config, data_path, splits, model, resolved, history)
+    _save(model, tokenizer, metadata, out, _before_save)
+    return RewardTrainingResult(out=out, metrics=dict(history[-1]), history=history, metadata=metadata)
 
 
 def config_fields() -> list[Any]:

@@ -1,0 +1,188 @@
+"""End-to-end training throughput (generated tokens/s, rollouts + updates) and peak RSS: our algorithms
+versus Hugging Face TRL on the same locally built model, prompts, programmatic reward, batch, number of
+generated tokens, KL coefficient, epochs and threads.
+
+* TokenPPO vs TRL ``PPOTrainer`` (``trl==1.12.0``, the last release with PPO, ``trl.experimental.ppo``),
+  4 PPO epochs, one minibatch per epoch;
+* GRPO / RLOO (``agents.GRPO`` / ``agents.RLOO``) vs TRL ``GRPOTrainer`` / ``RLOOTrainer`` (latest TRL),
+  groups of ``--group-size`` completions per prompt, one optimisation pass per batch (``num_iterations=1``).
+
+Each side runs in its own subprocess (TRL with the interpreter of its own virtual environment, see
+``benchmarks/README.md``): one untimed warm-up run of one update, then ``--repeats`` timed runs of
+``--updates`` updates, each from a freshly built trainer. Peak RSS is that of the whole subprocess.
+
+    python benchmarks/vs_trl.py --threads 1 --batch 16 --new-tokens 32 --repeats 3 \\
+        --trl-python /tmp/trl-ppo-venv/bin/python --trl-latest-python /tmp/trl-latest-venv/bin/python
+    python benchmarks/vs_trl.py --skip-trl      # our side only (no TRL installed)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_TRL_PYTHON = "/tmp/trl-ppo-venv/bin/python"
+DEFAULT_TRL_LATEST_PYTHON = "/tmp/trl-latest-venv/bin/python"
+PAIRS = {"ppo": ("TokenPPO", "TRL PPOTrainer"), "grpo": ("agents.GRPO", "TRL GRPOTrainer"),
+         "rloo": ("agents.RLOO", "TRL RLOOTrainer")}
+RATIO_KEYS = {"ppo": "tokenppo_vs_trl_ppo", "grpo": "grpo_vs_trl_grpo", "rloo": "rloo_vs_trl_rloo"}
+
+
+def our_side(args) -> dict:
+    """Child process: our algorithm, timed like the TRL runner."""
+    common.pin_threads(args.threads)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import agents
+    from agents import TransformerPolicy, make_text_vec_env
+
+    if args.child != "ppo" and not hasattr(agents, "GRPO" if args.child == "grpo" else "RLOO"):
+        return {"side": "ours", "algo": args.child, "missing": True}
+
+    def build():
+        env = make_text_vec_env(args.batch, env_kwargs={
+            "model": args.model, "task": common.bench_task(args.new_tokens), "reward_model": common.vowel_reward,
+            "kl_coef": args.kl_coef, "max_new_tokens": args.new_tokens})
+        common_kwargs = dict(n_steps=args.new_tokens, batch_size=args.batch, learning_rate=5e-5,
+                             policy_kwargs={"model": args.model}, seed=args.seed, device="cpu")
+        if args.child == "ppo":
+            return agents.TokenPPO(TransformerPolicy, env, n_epochs=args.epochs, **common_kwargs)
+        cls = agents.GRPO if args.child == "grpo" else agents.RLOO
+        return cls(TransformerPolicy, env, n_epochs=args.critic_free_epochs, group_size=args.group_size,
+                   **common_kwargs)
+
+    build().learn(args.batch * args.new_tokens)  # warm-up (not timed)
+    rates, cpu_rates = [], []
+    for _ in range(args.repeats):
+        model = build()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        model.learn(args.updates * args.batch * args.new_tokens)
+        rates.append(model.num_timesteps / (time.perf_counter() - start))
+        cpu_rates.append(model.num_timesteps / (time.process_time() - cpu_start))
+        model.env.close()
+        del model
+    return {"side": "ours", "algo": args.child, "tokens_per_s": rates, "cpu_tokens_per_s": cpu_rates,
+            "peak_rss_bytes": common.peak_rss_bytes()}
+
+
+def run_child(command: list[str], label: str) -> dict | None:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    started = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(HERE.parent))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        print(f"  {label}: FAILED (exit {proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
+    result = json.loads(lines[-1][len("RESULT "):])
+    print(f"  {label}: done in {time.perf_counter() - started:.0f} s", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = common.parser(__doc__.splitlines()[0], batch=16, new_tokens=32, repeats=3)
+    p.add_argument("--updates", type=int, default=4, help="rollout+update iterations per timed run (default 4)")
+    p.add_argument("--epochs", type=int, default=4, help="PPO epochs (both sides; default 4)")
+    p.add_argument("--critic-free-epochs", type=int, default=1,
+                   help="passes per batch for GRPO/RLOO (TRL num_iterations; default 1)")
+    p.add_argument("--group-size", type=int, default=4, help="GRPO/RLOO completions per prompt (default 4)")
+    p.add_argument("--kl-coef", type=float, default=0.05)
+    p.add_argument("--algos", default="ppo,grpo,rloo", help="comma-separated subset of ppo,grpo,rloo")
+    p.add_argument("--trl-python", default=DEFAULT_TRL_PYTHON, help="python of the venv with trl==1.12.0 (PPO)")
+    p.add_argument("--trl-latest-python", default=DEFAULT_TRL_LATEST_PYTHON,
+                   help="python of the venv with the latest trl (GRPO, RLOO); defaults to --trl-python's if missing")
+    p.add_argument("--skip-trl", action="store_true", help="run our side only")
+    p.add_argument("--child", choices=("ppo", "grpo", "rloo"), help=argparse_hidden())
+    args = p.parse_args(argv)
+    if args.child:
+        args.model = common.resolve_model(args.model, args.seed)
+        print("RESULT " + json.dumps(our_side(args)), flush=True)
+        return {}
+    model_path = common.resolve_model(args.model, args.seed)  # the children pin their own threads
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    shared = ["--model", model_path, "--batch", str(args.batch), "--new-tokens", str(args.new_tokens),
+              "--updates", str(args.updates), "--repeats", str(args.repeats), "--threads", str(args.threads),
+              "--kl-coef", str(args.kl_coef), "--seed", str(args.seed)]
+    results: dict[str, dict] = {}
+    notes = []
+    for algo in algos:
+        ours_label, trl_label = PAIRS[algo]
+        ours = run_child([sys.executable, str(HERE / "vs_trl.py"), "--child", algo, *shared,
+                          "--epochs", str(args.epochs), "--critic-free-epochs", str(args.critic_free_epochs),
+                          "--group-size", str(args.group_size)], ours_label)
+        if ours and ours.get("missing"):
+            notes.append(f"{algo}: agents.{algo.upper()} does not exist; left out")
+            continue
+        if ours:
+            results[f"{algo}/ours"] = ours
+        if args.skip_trl:
+            continue
+        python = args.trl_python if algo == "ppo" else args.trl_latest_python
+        if algo != "ppo" and not Path(python).exists():
+            python = args.trl_python
+        if not Path(python).exists():
+            notes.append(f"{algo}: no TRL interpreter at {python}; TRL side skipped")
+            continue
+        epochs = args.epochs if algo == "ppo" else args.critic_free_epochs
+        trl = run_child([python, str(HERE / "_trl_runner.py"), "--algo", algo, *shared, "--epochs", str(epochs),
+                         "--group-size", str(args.group_size)], trl_label)
+        if trl:
+            results[f"{algo}/trl"] = trl
+        else:
+            notes.append(f"{algo}: the TRL run failed (see stderr)")
+
+    rows, summary, ratios, cpu_ratios = [], {}, {}, {}
+    for key, result in results.items():
+        algo, side = key.split("/")
+        stats = common.summarize(result["tokens_per_s"])
+        stats["cpu_time"] = common.summarize(result["cpu_tokens_per_s"])
+        stats["peak_rss_mib"] = round(result["peak_rss_bytes"] / 2**20, 1)
+        stats["implementation"] = result["side"]
+        summary[key] = stats
+        label = PAIRS[algo][0] if side == "ours" else f"{PAIRS[algo][1]} ({result['side']})"
+        rows.append((label, stats))
+    for algo in algos:
+        if any(f"{algo}:" in note and "does not exist" in note for note in notes):
+            continue
+        if f"{algo}/ours" in summary and f"{algo}/trl" in summary:
+            ratios[RATIO_KEYS[algo]] = common.ratio(summary[f"{algo}/ours"], summary[f"{algo}/trl"])
+            cpu_ratios[RATIO_KEYS[algo]] = common.cpu_ratio(summary[f"{algo}/ours"], summary[f"{algo}/trl"])
+        elif f"{algo}/ours" in summary:
+            ratios[RATIO_KEYS[algo]] = None
+    title = (f"End to end: generated tokens/s, batch {args.batch}, {args.new_tokens} new tokens, {args.updates} "
+             f"updates per run, kl_coef {args.kl_coef}, {args.threads} thread(s), median of {args.repeats}")
+    common.print_table(title, rows)
+    print("\n| what | peak RSS (MiB) |\n|---|---:|")
+    for label, stats in rows:
+        print(f"| {label} | {stats['peak_rss_mib']:,.0f} |")
+    for note in notes:
+        print("note:", note)
+    payload = {"config": {"batch": args.batch, "new_tokens": args.new_tokens, "updates": args.updates,
+                          "repeats": args.repeats, "ppo_epochs": args.epochs,
+                          "critic_free_epochs": args.critic_free_epochs, "group_size": args.group_size,
+                          "kl_coef": args.kl_coef, "reward": "vowel_reward", "skip_trl": args.skip_trl,
+                          "model": common.describe_model(model_path)},
+               "environment": common.environment(args.threads), "results": summary, "notes": notes,
+               "targets": {"tokenppo_vs_trl_ppo": 3.0, "grpo_vs_trl_grpo": 1.5, "rloo_vs_trl_rloo": 1.5},
+               "ratios_cpu_time": cpu_ratios, "ratios": ratios}
+    common.write_result("vs_trl", args.out, payload)
+    return payload
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Smoke tests of the benchmark scripts at their smallest size, so that they never rot (timings not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+SMALL = ["--threads", "1", "--repeats", "1", "--batch", "2", "--new-tokens", "4"]
+
+
+def run_script(name: str, tmp_path, *extra: str) -> dict:
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / name), *SMALL, "--out", str(tmp_path),
+                           *extra], capture_output=True, text=True, cwd=str(REPO_ROOT), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("ratios: "), last
+    result = json.loads((tmp_path / name.replace(".py", ".json")).read_text())
+    assert json.loads(last[len("ratios: "):]) == result["ratios"]
+    return result
+
+
+def test_rollout_benchmark(tmp_path):
+    result = run_script("rollout.py", tmp_path)
+    assert set(result["ratios"]) >= {"tokenppo_vs_ceiling", "sb3ppo_vs_ceiling", "tokenppo_vs_naive"}
+    assert all(v > 0 for v in result["ratios"].values())
+
+
+def test_update_benchmark(tmp_path):
+    result = run_script("update.py", tmp_path, "--minibatch", "1", "--epochs", "1")
+    assert set(result["ratios"]) == {"tokenppo_vs_ceiling", "tokenppo_vs_sb3ppo"}
+    assert all(v > 0 for v in result["ratios"].values())
+
+
+def test_vs_trl_benchmark_our_side(tmp_path):
+    result = run_script("vs_trl.py", tmp_path, "--skip-trl", "--updates", "1", "--algos", "ppo")
+    assert "tokenppo_vs_trl_ppo" in result["ratios"]
+    assert result["results"]["ppo/ours"]["median"] > 0
+    assert result["results"]["ppo/ours"]["peak_rss_mib"] > 0
+
+
+def test_memory_benchmark(tmp_path):
+    result = run_script("memory.py", tmp_path, "--minibatch", "1")
+    assert result["ratios"]["peak_over_param_bytes"] > 0
+    assert result["lm_copies"] == 2  # policy (with the shared value trunk) and the env's reference
+
+
+@pytest.mark.parametrize("script", ["rollout.py", "update.py", "vs_trl.py", "memory.py"])
+def test_help(script):
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), "--help"], capture_output=True,
+                          text=True, cwd=str(REPO_ROOT), timeout=120)
+    assert proc.returncode == 0 and "--threads" in proc.stdout and "--repeats" in proc.stdout
