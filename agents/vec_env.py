@@ -87,7 +87,8 @@ class TextGenVecEnv(VecEnv):
     def action_masks(self) -> np.ndarray:
         """``(num_envs, vocab_size)`` boolean masks from the reference model's top-k / top-p (NLPO-style)."""
         if self.env.batch.stepper is None:
-            raise ConfigError("action masks come from the reference model: create the env with kl_coef > 0")
+            raise ConfigError("action masks come from the reference model's next-token distribution, stepped "
+                              "each token: create the env with kl_coef > 0 and kl_penalty='dense'")
         logprobs = self.env.batch.ref_logprobs
         if logprobs is None:
             raise ConfigError("action_masks() before reset(): call reset() first")

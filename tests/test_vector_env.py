@@ -124,3 +124,32 @@ def test_render_ansi_for_every_sub_env(tiny_gpt2_dir):
     vector = gym.make_vec("TextGen-v0", num_envs=2, model=str(tiny_gpt2_dir), kl_coef=0.0, render_mode="ansi")
     vector.reset(options={"prompts": ["Alpha", "Beta"]})
     assert [text.startswith(p) for text, p in zip(vector.render(), ["Alpha", "Beta"])] == [True, True]
+
+
+def test_sparse_penalty_uses_one_reference_forward_at_the_end(tiny_gpt2_dir):
+    kwargs = {"model": str(tiny_gpt2_dir), "max_new_tokens": 5, "kl_coef": 0.3}
+    dense = gym.make_vec("TextGen-v0", num_envs=3, **kwargs)
+    sparse = gym.make_vec("TextGen-v0", num_envs=3, kl_penalty="sparse", **kwargs)
+    assert sparse.batch.stepper is None and sparse.batch.reference is not None
+    calls = []
+    original = sparse.batch.reference.forward
+
+    def spy(*args, **kw):
+        calls.append(kw["input_ids"].shape)
+        return original(*args, **kw)
+
+    sparse.batch.reference.forward = spy
+    dense.reset(seed=4)
+    sparse.reset(seed=4)
+    totals_dense, totals_sparse = np.zeros(3), np.zeros(3)
+    for step in range(5):
+        actions = np.full(3, 40 + step)
+        _, r_dense, done, _, info_dense = dense.step(actions)
+        _, r_sparse, _, _, info_sparse = sparse.step(actions)
+        totals_dense += r_dense
+        totals_sparse += r_sparse
+    assert done.all()
+    assert len(calls) == 1 and calls[0][0] == 3, calls  # one batched forward, when all three finished
+    assert totals_sparse == pytest.approx(totals_dense, abs=1e-4)
+    assert info_sparse["final_info"]["kl_ref_logprob_sum"] == pytest.approx(
+        info_dense["final_info"]["kl_ref_logprob_sum"], abs=1e-4)

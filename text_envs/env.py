@@ -93,7 +93,10 @@ class TextGenEnv(TextGenBase, gym.Env[dict, np.int64]):
         E_pi[ sum_t r_t - beta * sum_t log pi(a_t|s_t) ] = E_pi[R(x)] - beta * KL(pi || pi_ref)
 
     exactly: the KL-regularised objective, while the env's reward depends only on the state
-    and action (the env stays an MDP). ``kl_coef = 0`` loads no reference model.
+    and action (the env stays an MDP). ``kl_coef = 0`` loads no reference model. In the dense
+    mode the reference is stepped token by token with its KV cache; in the sparse mode it runs
+    once, teacher-forced and batched, over the sequences that finished on a step (half the
+    forwards of a rollout; NLPO-style action masks need the dense mode).
 
     ## Starting State
 
@@ -170,5 +173,5 @@ class TextGenEnv(TextGenBase, gym.Env[dict, np.int64]):
 
     def close(self) -> None:
         """Release the reference model."""
-        self.batch.stepper = None
+        self.batch.stepper = self.batch.reference = None
         super().close()

@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from text_envs.errors import ConfigError, EpisodeFinishedError, InvalidActionError, InvalidPromptError
-from text_envs.lm_stepper import BatchedLMStepper
+from text_envs.lm_stepper import BatchedLMStepper, continuation_logprob_sums
 from text_envs.rewards import RewardModel, validate_scores
 
 KL_PENALTIES = ("dense", "sparse")
@@ -59,8 +59,9 @@ class EpisodeBatch:
     :param reward_model: batched reward model scoring finished completions.
     :param reference: frozen reference LM for the KL term, or None (``kl_coef`` must then stay 0).
     :param kl_coef: coefficient of the KL penalty.
-    :param kl_penalty: ``"dense"`` (pay ``kl_coef * log pi_ref(a_t|s_t)`` every step) or ``"sparse"``
-        (pay the sum at the end).
+    :param kl_penalty: ``"dense"`` (pay ``kl_coef * log pi_ref(a_t|s_t)`` every step, stepping the reference
+        with its KV cache) or ``"sparse"`` (pay the sum at the end, computed by one batched teacher-forced
+        reference forward over the sequences that finished on a step: half the forwards of the rollout).
     :param max_new_tokens: token budget of an episode.
     :param max_prompt_tokens: prompts are left-truncated to this many tokens.
     :param eos_token_ids: token ids that end an episode.
@@ -82,7 +83,9 @@ class EpisodeBatch:
         self.batch_size = batch_size
         self.pad_id = int(tokenizer.pad_token_id)
         self.window = max_prompt_tokens + max_new_tokens
-        self.stepper = BatchedLMStepper(reference, batch_size, self.pad_id) if reference is not None else None
+        self.reference = reference
+        stepped = reference is not None and kl_penalty == "dense"
+        self.stepper = BatchedLMStepper(reference, batch_size, self.pad_id) if stepped else None
         self.ref_logprobs: torch.Tensor | None = None  # (B, V) log pi_ref(. | s_t) of the current state
         self.slots = [SlotState() for _ in range(batch_size)]
         self._kl_coef = 0.0
@@ -98,7 +101,7 @@ class EpisodeBatch:
         value = float(value)
         if not np.isfinite(value) or value < 0:
             raise ConfigError(f"kl_coef must be a finite number >= 0, got {value!r}")
-        if value > 0 and self.stepper is None:
+        if value > 0 and self.reference is None:
             raise ConfigError(f"kl_coef={value} needs a reference model, but this env was created with kl_coef=0 "
                               "(which loads none): create it with kl_coef > 0")
         self._kl_coef = value
@@ -170,13 +173,15 @@ class EpisodeBatch:
             done[slot] = int(action) in self.eos_token_ids or len(state.generated) >= self.max_new_tokens
             if self.kl_penalty == "dense":
                 rewards[slot] = self.kl_coef * ref_logp[slot]
-            elif done[slot]:
-                rewards[slot] = self.kl_coef * state.ref_logprob_sum
         infos: list[dict[str, Any] | None] = [None] * self.batch_size
         if done.any():
             finished = np.flatnonzero(done).tolist()
+            if self.kl_penalty == "sparse":
+                self._finish_sparse_reference(finished)
             scores = self._score(finished)
             for slot, score in zip(finished, scores):
+                if self.kl_penalty == "sparse":
+                    rewards[slot] = self.kl_coef * self.slots[slot].ref_logprob_sum
                 rewards[slot] += score
                 self.slots[slot].finished = True
                 infos[slot] = self.final_info(slot, float(score))
@@ -185,6 +190,15 @@ class EpisodeBatch:
             logits = self.stepper.step(torch.as_tensor(actions), active).logits
             self.ref_logprobs = torch.log_softmax(logits, -1)
         return rewards, done, infos
+
+    def _finish_sparse_reference(self, slots: list[int]) -> None:
+        """Sparse penalty: ``sum_t log pi_ref(a_t|s_t)`` of the finished slots in one batched reference forward."""
+        if self.reference is None:
+            return
+        sums = continuation_logprob_sums(self.reference, [self.slots[s].prompt_ids for s in slots],
+                                         [self.slots[s].generated for s in slots], self.pad_id)
+        for slot, total in zip(slots, sums):
+            self.slots[slot].ref_logprob_sum = total
 
     def _score(self, slots: list[int]) -> np.ndarray:
         prompts = [self.slots[slot].prompt for slot in slots]
@@ -200,7 +214,7 @@ class EpisodeBatch:
             "prompt": state.prompt,
             "text": self.completion_text(slot),
             "score": score,
-            "kl_ref_logprob_sum": state.ref_logprob_sum if self.stepper is not None else float("nan"),
+            "kl_ref_logprob_sum": state.ref_logprob_sum if self.reference is not None else float("nan"),
             "num_tokens": len(state.generated),
             "finish_reason": "eos" if last in self.eos_token_ids else "length",
             "kl_coef": self.kl_coef,

@@ -155,3 +155,24 @@ class BatchedLMStepper:
             layer.keys = layer.keys[:, :, cut:]
             layer.values = layer.values[:, :, cut:]
         self.mask = self.mask[:, cut:]
+
+
+@torch.no_grad()
+def continuation_logprob_sums(model: PreTrainedModel, prefixes: Sequence[Sequence[int]],
+                              continuations: Sequence[Sequence[int]], pad_id: int) -> list[float]:
+    """``sum_t log p(c_t | prefix, c_<t)`` of each non-empty continuation, in ONE left-padded forward.
+
+    With left padding every continuation ends at the last column, so the logits of the last
+    ``max_len + 1`` positions cover all of them (``logits_to_keep``).
+    """
+    device = next(model.parameters()).device
+    ids, mask = left_pad([list(p) + list(c) for p, c in zip(prefixes, continuations)], pad_id, device)
+    width = max(len(c) for c in continuations)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                   logits_to_keep=width + 1, use_cache=False).logits[:, :-1]
+    logp = torch.log_softmax(logits.float(), -1)  # (B, width, V): row r predicts its last `width` columns
+    sums = []
+    for row, continuation in enumerate(continuations):
+        tokens = torch.as_tensor(list(continuation), device=device)
+        sums.append(float(logp[row, width - len(tokens):].gather(-1, tokens[:, None]).sum()))
+    return sums

@@ -149,4 +149,4 @@ class TextGenVectorEnv(TextGenBase, VectorEnv):
 
     def close_extras(self, **kwargs: Any) -> None:
         """Release the reference model."""
-        self.batch.stepper = None
+        self.batch.stepper = self.batch.reference = None
