@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-from stable_baselines3.common.base_class import BaseAlgorithm
+from typing import TYPE_CHECKING, Any, Callable
 
 from text_envs.errors import ConfigError
+
+if TYPE_CHECKING:  # importing stable-baselines3 costs seconds: only when an algorithm is built
+    from stable_baselines3.common.base_class import BaseAlgorithm
 
 
 @dataclass(frozen=True)
@@ -16,20 +17,20 @@ class AlgoSpec:
 
     name: str
     description: str
-    load_class: Callable[[], type[BaseAlgorithm]]  # imported lazily
+    load_class: Callable[[], type["BaseAlgorithm"]]  # imported lazily
     maskable: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)  # CLI hyper-parameters (tuned for the tiny LM)
     entropy_for_kl: bool = False  # stock SB3 algorithms approximate the agent's KL half with ent_coef
 
 
-def _token_ppo() -> type[BaseAlgorithm]:
+def _token_ppo() -> type["BaseAlgorithm"]:
     from agents.algos import TokenPPO
 
     return TokenPPO
 
 
-def _sb3(name: str) -> Callable[[], type[BaseAlgorithm]]:
-    def load() -> type[BaseAlgorithm]:
+def _sb3(name: str) -> Callable[[], type["BaseAlgorithm"]]:
+    def load() -> type["BaseAlgorithm"]:
         if name == "MaskablePPO":
             from sb3_contrib import MaskablePPO
 
@@ -41,8 +42,8 @@ def _sb3(name: str) -> Callable[[], type[BaseAlgorithm]]:
     return load
 
 
-def _agents(name: str) -> Callable[[], type[BaseAlgorithm]]:
-    def load() -> type[BaseAlgorithm]:
+def _agents(name: str) -> Callable[[], type["BaseAlgorithm"]]:
+    def load() -> type["BaseAlgorithm"]:
         import agents
 
         return getattr(agents, name)
@@ -76,7 +77,7 @@ MASK_TOP_K = 50  # NLPO-style action masks: the reference model's 50 most likely
 
 def make_algorithm(name: str, env_kwargs: dict[str, Any], num_envs: int, model: str, seed: int = 0,
                    device: str = "auto", learning_rate: float | None = None, kl_target: float | None = None,
-                   overrides: dict[str, Any] | None = None) -> BaseAlgorithm:
+                   overrides: dict[str, Any] | None = None) -> "BaseAlgorithm":
     """Build algorithm ``name`` with a TransformerPolicy over ``model`` on a fresh TextGen vector env.
 
     :param name: a key of :data:`ALGORITHMS`.

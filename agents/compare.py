@@ -11,8 +11,8 @@
 
 Example::
 
-    from agents import compare
-    result = compare(tasks=["sentiment"], algos=["token-ppo", "grpo"], seeds=3, timesteps=4096,
+    from agents import compare_algorithms   # or: from agents.compare import compare
+    result = compare_algorithms(tasks=["sentiment"], algos=["token-ppo", "grpo"], seeds=3, timesteps=4096,
                      out="runs/cmp", model="tiny")
     print(result.summary_markdown)
 """

@@ -7,6 +7,14 @@ generated tokens, KL coefficient, epochs and threads.
 * GRPO / RLOO (``agents.GRPO`` / ``agents.RLOO``) vs TRL ``GRPOTrainer`` / ``RLOOTrainer`` (latest TRL),
   groups of ``--group-size`` completions per prompt, one optimisation pass per batch (``num_iterations=1``).
 
+KL penalty of our env (``--ppo-kl-penalty``, ``--critic-free-kl-penalty``): TokenPPO keeps the default
+``dense`` per-token penalty (its GAE advantages, like TRL PPO's per-token KL rewards, see the penalty at each
+token); GRPO/RLOO use ``sparse``: they only use each sequence's *return*, which is the same sum either way, so
+the objective is identical, and the env then computes ``sum_t log pi_ref`` with one batched teacher-forced
+reference forward per finished batch, as TRL's GRPO/RLOO compute reference log-probs once after generation.
+``ppo_sparse`` (in the default ``--algos``) is an extra line: TokenPPO with ``kl_penalty="sparse"``,
+compared with the same TRL PPO run (key ``tokenppo_sparse_vs_trl_ppo``, no target).
+
 Each side runs in its own subprocess (TRL with the interpreter of its own virtual environment, see
 ``benchmarks/README.md``): one untimed warm-up run of one update, then ``--repeats`` timed runs of
 ``--updates`` updates, each from a freshly built trainer. Peak RSS is that of the whole subprocess.
@@ -33,8 +41,13 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_TRL_PYTHON = "/tmp/trl-ppo-venv/bin/python"
 DEFAULT_TRL_LATEST_PYTHON = "/tmp/trl-latest-venv/bin/python"
 PAIRS = {"ppo": ("TokenPPO", "TRL PPOTrainer"), "grpo": ("agents.GRPO", "TRL GRPOTrainer"),
-         "rloo": ("agents.RLOO", "TRL RLOOTrainer")}
-RATIO_KEYS = {"ppo": "tokenppo_vs_trl_ppo", "grpo": "grpo_vs_trl_grpo", "rloo": "rloo_vs_trl_rloo"}
+         "rloo": ("agents.RLOO", "TRL RLOOTrainer"),
+         "ppo_sparse": ("TokenPPO, kl_penalty=sparse", "TRL PPOTrainer")}
+RATIO_KEYS = {"ppo": "tokenppo_vs_trl_ppo", "grpo": "grpo_vs_trl_grpo", "rloo": "rloo_vs_trl_rloo",
+              "ppo_sparse": "tokenppo_sparse_vs_trl_ppo"}
+#: our algorithm (child) and TRL trainer behind each ``--algos`` entry
+CHILD = {"ppo": "ppo", "grpo": "grpo", "rloo": "rloo", "ppo_sparse": "ppo"}
+TRL_OF = {"ppo": "ppo", "grpo": "grpo", "rloo": "rloo", "ppo_sparse": "ppo"}
 
 
 def our_side(args) -> dict:
@@ -52,7 +65,7 @@ def our_side(args) -> dict:
     def build():
         env = make_text_vec_env(args.batch, env_kwargs={
             "model": args.model, "task": common.bench_task(args.new_tokens), "reward_model": common.vowel_reward,
-            "kl_coef": args.kl_coef, "max_new_tokens": args.new_tokens})
+            "kl_coef": args.kl_coef, "kl_penalty": args.kl_penalty, "max_new_tokens": args.new_tokens})
         common_kwargs = dict(n_steps=args.new_tokens, batch_size=args.batch, learning_rate=5e-5,
                              policy_kwargs={"model": args.model}, seed=args.seed, device="cpu")
         if args.child == "ppo":
@@ -71,8 +84,8 @@ def our_side(args) -> dict:
         cpu_rates.append(model.num_timesteps / (time.process_time() - cpu_start))
         model.env.close()
         del model
-    return {"side": "ours", "algo": args.child, "tokens_per_s": rates, "cpu_tokens_per_s": cpu_rates,
-            "peak_rss_bytes": common.peak_rss_bytes()}
+    return {"side": "ours", "algo": args.child, "kl_penalty": args.kl_penalty, "tokens_per_s": rates,
+            "cpu_tokens_per_s": cpu_rates, "peak_rss_bytes": common.peak_rss_bytes()}
 
 
 def run_child(command: list[str], label: str) -> dict | None:
@@ -96,7 +109,15 @@ def main(argv: list[str] | None = None) -> dict:
                    help="passes per batch for GRPO/RLOO (TRL num_iterations; default 1)")
     p.add_argument("--group-size", type=int, default=4, help="GRPO/RLOO completions per prompt (default 4)")
     p.add_argument("--kl-coef", type=float, default=0.05)
-    p.add_argument("--algos", default="ppo,grpo,rloo", help="comma-separated subset of ppo,grpo,rloo")
+    p.add_argument("--ppo-kl-penalty", choices=("dense", "sparse"), default="dense",
+                   help="our env's kl_penalty for TokenPPO (default dense, per token, like TRL PPO)")
+    p.add_argument("--critic-free-kl-penalty", choices=("dense", "sparse"), default="sparse",
+                   help="our env's kl_penalty for GRPO/RLOO (default sparse: same sequence return, one batched "
+                        "reference forward per finished batch, like TRL)")
+    p.add_argument("--algos", default="ppo,ppo_sparse,grpo,rloo",
+                   help="comma-separated subset of ppo,ppo_sparse,grpo,rloo (ppo_sparse: TokenPPO with "
+                        "kl_penalty=sparse, an extra line compared with the same TRL PPO run)")
+    p.add_argument("--kl-penalty", choices=("dense", "sparse"), default="dense", help=argparse_hidden())
     p.add_argument("--trl-python", default=DEFAULT_TRL_PYTHON, help="python of the venv with trl==1.12.0 (PPO)")
     p.add_argument("--trl-latest-python", default=DEFAULT_TRL_LATEST_PYTHON,
                    help="python of the venv with the latest trl (GRPO, RLOO); defaults to --trl-python's if missing")
@@ -114,17 +135,27 @@ def main(argv: list[str] | None = None) -> dict:
               "--kl-coef", str(args.kl_coef), "--seed", str(args.seed)]
     results: dict[str, dict] = {}
     notes = []
+    unknown = [a for a in algos if a not in PAIRS]
+    if unknown:
+        p.error(f"--algos: unknown {unknown}; choose from {sorted(PAIRS)}")
     for algo in algos:
         ours_label, trl_label = PAIRS[algo]
-        ours = run_child([sys.executable, str(HERE / "vs_trl.py"), "--child", algo, *shared,
+        child = CHILD[algo]
+        penalty = args.critic_free_kl_penalty if child != "ppo" else (
+            "sparse" if algo == "ppo_sparse" else args.ppo_kl_penalty)
+        ours = run_child([sys.executable, str(HERE / "vs_trl.py"), "--child", child, *shared,
                           "--epochs", str(args.epochs), "--critic-free-epochs", str(args.critic_free_epochs),
-                          "--group-size", str(args.group_size)], ours_label)
+                          "--group-size", str(args.group_size), "--kl-penalty", penalty], ours_label)
         if ours and ours.get("missing"):
             notes.append(f"{algo}: agents.{algo.upper()} does not exist; left out")
             continue
         if ours:
             results[f"{algo}/ours"] = ours
         if args.skip_trl:
+            continue
+        if TRL_OF[algo] != algo:  # extra line: compared with the TRL run of its counterpart
+            if TRL_OF[algo] not in algos:
+                notes.append(f"{algo}: compared with TRL's {TRL_OF[algo]} run, which --algos leaves out")
             continue
         python = args.trl_python if algo == "ppo" else args.trl_latest_python
         if algo != "ppo" and not Path(python).exists():
@@ -147,19 +178,23 @@ def main(argv: list[str] | None = None) -> dict:
         stats["cpu_time"] = common.summarize(result["cpu_tokens_per_s"])
         stats["peak_rss_mib"] = round(result["peak_rss_bytes"] / 2**20, 1)
         stats["implementation"] = result["side"]
+        if "kl_penalty" in result:
+            stats["kl_penalty"] = result["kl_penalty"]
         summary[key] = stats
         label = PAIRS[algo][0] if side == "ours" else f"{PAIRS[algo][1]} ({result['side']})"
         rows.append((label, stats))
     for algo in algos:
         if any(f"{algo}:" in note and "does not exist" in note for note in notes):
             continue
-        if f"{algo}/ours" in summary and f"{algo}/trl" in summary:
-            ratios[RATIO_KEYS[algo]] = common.ratio(summary[f"{algo}/ours"], summary[f"{algo}/trl"])
-            cpu_ratios[RATIO_KEYS[algo]] = common.cpu_ratio(summary[f"{algo}/ours"], summary[f"{algo}/trl"])
+        trl_key = f"{TRL_OF[algo]}/trl"
+        if f"{algo}/ours" in summary and trl_key in summary:
+            ratios[RATIO_KEYS[algo]] = common.ratio(summary[f"{algo}/ours"], summary[trl_key])
+            cpu_ratios[RATIO_KEYS[algo]] = common.cpu_ratio(summary[f"{algo}/ours"], summary[trl_key])
         elif f"{algo}/ours" in summary:
             ratios[RATIO_KEYS[algo]] = None
     title = (f"End to end: generated tokens/s, batch {args.batch}, {args.new_tokens} new tokens, {args.updates} "
-             f"updates per run, kl_coef {args.kl_coef}, {args.threads} thread(s), median of {args.repeats}")
+             f"updates per run, kl_coef {args.kl_coef} (ours: TokenPPO {args.ppo_kl_penalty}, GRPO/RLOO "
+             f"{args.critic_free_kl_penalty} penalty), {args.threads} thread(s), median of {args.repeats}")
     common.print_table(title, rows)
     print("\n| what | peak RSS (MiB) |\n|---|---:|")
     for label, stats in rows:
@@ -169,10 +204,13 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"config": {"batch": args.batch, "new_tokens": args.new_tokens, "updates": args.updates,
                           "repeats": args.repeats, "ppo_epochs": args.epochs,
                           "critic_free_epochs": args.critic_free_epochs, "group_size": args.group_size,
-                          "kl_coef": args.kl_coef, "reward": "vowel_reward", "skip_trl": args.skip_trl,
+                          "kl_coef": args.kl_coef, "ppo_kl_penalty": args.ppo_kl_penalty,
+                          "critic_free_kl_penalty": args.critic_free_kl_penalty,
+                          "reward": "vowel_reward", "skip_trl": args.skip_trl,
                           "model": common.describe_model(model_path)},
                "environment": common.environment(args.threads), "results": summary, "notes": notes,
                "targets": {"tokenppo_vs_trl_ppo": 3.0, "grpo_vs_trl_grpo": 1.5, "rloo_vs_trl_rloo": 1.5},
+               "extra_keys_without_target": ["tokenppo_sparse_vs_trl_ppo"],
                "ratios_cpu_time": cpu_ratios, "ratios": ratios}
     common.write_result("vs_trl", args.out, payload)
     return payload

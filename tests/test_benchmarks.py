@@ -41,6 +41,17 @@ def test_vs_trl_benchmark_our_side(tmp_path):
     assert "tokenppo_vs_trl_ppo" in result["ratios"]
     assert result["results"]["ppo/ours"]["median"] > 0
     assert result["results"]["ppo/ours"]["peak_rss_mib"] > 0
+    assert result["results"]["ppo/ours"]["kl_penalty"] == "dense"
+
+
+def test_vs_trl_benchmark_sparse_penalty(tmp_path):
+    """GRPO/RLOO run with the env's sparse KL penalty (and TokenPPO's extra sparse line), our side only."""
+    result = run_script("vs_trl.py", tmp_path, "--skip-trl", "--updates", "1", "--group-size", "2",
+                        "--algos", "ppo_sparse,grpo,rloo")
+    assert set(result["ratios"]) == {"tokenppo_sparse_vs_trl_ppo", "grpo_vs_trl_grpo", "rloo_vs_trl_rloo"}
+    for key in ("ppo_sparse/ours", "grpo/ours", "rloo/ours"):
+        assert result["results"][key]["median"] > 0
+        assert result["results"][key]["kl_penalty"] == "sparse"
 
 
 def test_memory_benchmark(tmp_path):

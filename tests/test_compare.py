@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 
 import pytest
 
 import agents
-from agents.compare import compare  # noqa: F401  (the module below is sys.modules["agents.compare"])
+import agents.compare as cmp
 from text_envs.errors import ConfigError
-
-cmp = sys.modules["agents.compare"]
 FAST = {"n_steps": 8, "batch_size": 8}
 
 
 def test_package_exports_compare():
-    assert agents.compare is cmp.compare and callable(agents.compare)
+    assert agents.compare_algorithms is cmp.compare and callable(agents.compare_algorithms)
 
 
 def test_bootstrap_ci_on_known_data():

@@ -97,8 +97,10 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
                                                     group_size=self.rollout_group_size)
 
     def _setup_learn(self, *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:  # same signature as SB3's
+        previous_obs = self._last_obs
         result = super()._setup_learn(*args, **kwargs)
-        self.rollout_buffer.discard_running()
+        if self._last_obs is not previous_obs:  # SB3 reset the env: in-progress episodes are gone
+            self.rollout_buffer.discard_running()
         return result
 
     # -------------------------------------------------------------------------------------- rollouts

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from text_envs.errors import TextEnvsError
 
 #: Modules of this package that define subcommands, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("info", "train", "rlhf")
+COMMAND_MODULES: tuple[str, ...] = ("info", "train", "rlhf", "compare")
 
 
 class CLIError(TextEnvsError, ValueError):

@@ -11,7 +11,7 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``compare`` subcommand."""
-    from agents.compare import ALGORITHMS
+    from agents.algorithm_registry import ALGORITHMS
 
     parser = subparsers.add_parser("compare", help="compare RL algorithms with the same token budget",
                                    description="Train every algorithm x seed (x task) for the same number of "
