@@ -153,3 +153,17 @@ def test_sparse_penalty_uses_one_reference_forward_at_the_end(tiny_gpt2_dir):
     assert totals_sparse == pytest.approx(totals_dense, abs=1e-4)
     assert info_sparse["final_info"]["kl_ref_logprob_sum"] == pytest.approx(
         info_dense["final_info"]["kl_ref_logprob_sum"], abs=1e-4)
+
+
+def test_async_vector_env_of_single_envs_works(tiny_gpt2_dir):
+    envs = gym.make_vec("TextGen-v0", num_envs=2, vectorization_mode="async", model=str(tiny_gpt2_dir),
+                        max_new_tokens=2, kl_coef=0.1)
+    try:
+        obs, _ = envs.reset(seed=0)
+        assert obs["input_ids"].shape[0] == 2
+        _, r1, t1, _, _ = envs.step(np.full(2, 60))
+        _, r2, t2, _, infos = envs.step(np.full(2, 61))
+        assert not t1.any() and t2.all() and (r1 < 0).all()  # dense reference term, then the score
+        assert list(infos["_score"]) == [True, True]
+    finally:
+        envs.close()
