@@ -383,10 +383,9 @@ def _encode(record: AnyLine | Mapping[str, Any]) -> tuple[AnyLine, bytes]:
     return parsed, (line + "\n").encode("utf-8")
 
 
-def write_feedback(path: str | os.PathLike[str], records: Iterable[AnyLine | Mapping[str, Any]]) -> None:
-    """Write ``records`` to a new JSONL file atomically (temp file + ``os.replace``)."""
+def write_bytes_atomic(path: str | os.PathLike[str], payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``."""
     path = Path(path)
-    payload = b"".join(_encode(record)[1] for record in records)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
@@ -397,6 +396,11 @@ def write_feedback(path: str | os.PathLike[str], records: Iterable[AnyLine | Map
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_feedback(path: str | os.PathLike[str], records: Iterable[AnyLine | Mapping[str, Any]]) -> None:
+    """Write ``records`` to a new JSONL file atomically (temp file + ``os.replace``)."""
+    write_bytes_atomic(path, b"".join(_encode(record)[1] for record in records))
 
 
 # --------------------------------------------------------------------------- writer

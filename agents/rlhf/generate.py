@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from agents.rlhf.data import write_bytes_atomic
 from text_envs.errors import ConfigError
 
 __all__ = [
@@ -164,17 +165,7 @@ def items_path_for(out: str | os.PathLike[str]) -> Path:
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, ensure_ascii=False, indent=1)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_bytes_atomic(path, (json.dumps(payload, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
 
 
 def _read_items_file(path: Path) -> tuple[dict[str, Any], list[Generation]]:
