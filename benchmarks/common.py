@@ -9,9 +9,11 @@ transformers and TRL (``benchmarks/_trl_runner.py`` imports it there): it import
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -135,8 +137,9 @@ def resolve_model(spec: str, seed: int = 0) -> str:
     ``tiny`` -> the bundled model, else the path."""
     if spec in ("bench", "bench-eos"):
         if spec not in _BUILT:
-            _BUILT[spec] = str(build_bench_model(tempfile.mkdtemp(prefix="bench-gpt2-"), seed=seed,
-                                                 suppress_eos=spec == "bench"))
+            directory = tempfile.mkdtemp(prefix="bench-gpt2-")
+            atexit.register(shutil.rmtree, directory, ignore_errors=True)  # children got the path; they end first
+            _BUILT[spec] = str(build_bench_model(directory, seed=seed, suppress_eos=spec == "bench"))
         return _BUILT[spec]
     if spec == "tiny":
         return str(BUNDLED_DIR)
