@@ -8,6 +8,8 @@ trained (its forward still runs, its output is ignored).
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from typing import Any
 
 import numpy as np
@@ -89,10 +91,10 @@ class CriticFreeAlgorithm(SequenceOnPolicyAlgorithm):
         return super()._setup_learn(*args, **kwargs)
 
     # ----------------------------------------------------------------------------------- advantages
+    @abstractmethod
     def sequence_advantages(self, returns: torch.Tensor) -> torch.Tensor:
         """The advantage of each sequence of the buffer from the returns ``(N,) -> (N,)`` (groups are
-        contiguous rows of ``group_size``)."""
-        raise NotImplementedError
+        contiguous rows of ``group_size``); each algorithm defines it."""
 
     def policy_loss(self, logprobs: torch.Tensor, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The policy loss of a minibatch and its clip fraction."""
