@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common import callbacks as sb3_callbacks
+from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
 
 
 class ObjectiveLogger(BaseCallback):
@@ -40,3 +44,37 @@ class ObjectiveLogger(BaseCallback):
                 self.logger.record("objective/kl", float(np.nanmean(kls)))
             self.logger.record("objective/kl_coef", float(self.training_env.get_attr("kl_coef")[0]))
         self._scores, self._kls = [], []
+
+
+class TokenProgressBar(ProgressBarCallback):
+    """SB3's progress bar, counting generated tokens against the budget.
+
+    The count is the algorithm's ``num_timesteps`` (one per token generated in any env slot). A rollout may
+    pass the budget (the sequence algorithms finish their episodes; SB3's collect whole rollouts); the
+    bar then ends at the true count instead of overshooting its total.
+    """
+
+    def _on_training_start(self) -> None:
+        from tqdm import TqdmExperimentalWarning
+
+        self._start = self.model.num_timesteps
+        with warnings.catch_warnings():  # tqdm.rich (SB3's choice) announces itself as experimental
+            warnings.simplefilter("ignore", TqdmExperimentalWarning)
+            self.pbar = sb3_callbacks.tqdm(total=self.locals["total_timesteps"] - self._start, unit="tok")
+
+    def _on_step(self) -> bool:
+        self.pbar.update(self.model.num_timesteps - self._start - self.pbar.n)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.pbar.update(self.model.num_timesteps - self._start - self.pbar.n)
+        if self.pbar.n > self.pbar.total:
+            self.pbar.total = self.pbar.n
+        super()._on_training_end()
+
+
+def with_progress_bar(callback: Any) -> list[BaseCallback]:
+    """``callback`` (None, one callback or a list) followed by a :class:`TokenProgressBar`."""
+    if callback is None:
+        return [TokenProgressBar()]
+    return [*callback, TokenProgressBar()] if isinstance(callback, list) else [callback, TokenProgressBar()]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.algorithm_registry import ALGORITHMS, AlgoSpec, make_algorithm
+from text_envs.atomic import atomic_path, write_json_atomic, write_text_atomic
 from text_envs.errors import ConfigError
 
 __all__ = ["ALGORITHMS", "CHECKPOINTS", "AlgoSpec", "CompareResult", "bootstrap_ci", "compare", "make_algorithm",
@@ -105,12 +105,6 @@ class _EvalCheckpoints(BaseCallback):
         return True
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def run_one(task: str, algo: str, seed: int, timesteps: int, model: str = "tiny", num_envs: int = 8,
             eval_n: int = 32, kl_coef: float = 0.05, device: str = "auto",
             hyperparams: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -143,7 +137,7 @@ def run_one(task: str, algo: str, seed: int, timesteps: int, model: str = "tiny"
         lm = agent.policy.lm
         was_training = lm.training
         lm.eval()
-        result = evaluate_model(lm, task, n=eval_n, seed=0, device=device, env=eval_env)
+        result = evaluate_model(lm, task, n=eval_n, device=device, env=eval_env)
         lm.train(was_training)
         curve.append({"tokens": int(tokens), "score_mean": result.score_mean, "score_std": result.score_std,
                       "kl_mean": result.kl_mean})
@@ -267,10 +261,9 @@ def plot_curves(runs: list[dict[str, Any]], path: Path, confidence: float = 0.95
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -289,7 +282,7 @@ def compare(tasks: str | Sequence[str] = ("sentiment",), algos: str | Sequence[s
         not redone, so an interrupted comparison resumes where it stopped.
     :param model: model alias or path, shared by policy, reference and evaluation.
     :param num_envs: parallel episodes per run (a multiple of the grouped algorithms' group size).
-    :param eval_n: held-out prompts per evaluation (the same for every run: ``seed=0``).
+    :param eval_n: held-out prompts per evaluation (the same for every run: the default evaluation seed).
     :param kl_coef: KL coefficient of the env.
     :param device: ``"auto"``, ``"cpu"``, ``"cuda"``.
     :param hyperparams: per-algorithm overrides, e.g. ``{"grpo": {"learning_rate": 1e-4}}``.
@@ -335,7 +328,7 @@ def compare(tasks: str | Sequence[str] = ("sentiment",), algos: str | Sequence[s
             else:
                 record = run_one(task, algo, seed, timesteps, model=model, num_envs=num_envs, eval_n=eval_n,
                                  kl_coef=kl_coef, device=device, hyperparams=hyperparams.get(algo))
-                _write_json_atomic(path, record)
+                write_json_atomic(path, record)
                 status = f"{record['wall_time_s']:.0f}s"
             records.append(record)
             if bar is not None:
@@ -347,17 +340,13 @@ def compare(tasks: str | Sequence[str] = ("sentiment",), algos: str | Sequence[s
         if bar is not None:
             bar.close()
     results_csv = out / "results.csv"
-    tmp = out / f".results.csv.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(results_csv) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
-    os.replace(tmp, results_csv)
     rows = summarize(records)
     summary_md = out / "summary.md"
-    tmp = out / f".summary.md.{os.getpid()}.tmp"
-    tmp.write_text(summary_markdown(rows, timesteps))
-    os.replace(tmp, summary_md)
+    write_text_atomic(summary_md, summary_markdown(rows, timesteps))
     curves = plot_curves(records, out / "curves.png") if plot else None
     return CompareResult(runs=records, summary=rows, out=out, results_csv=results_csv, summary_md=summary_md,
                          curves_png=curves)

@@ -4,6 +4,11 @@ Completions are sampled with a KV cache through the batched env on the task's ``
 same prompts for every model, chosen by ``seed``), scored by the task's reward model, and
 compared with the reference model: ``kl`` is the sampled ``sum_t log pi(a_t|s_t) - log pi_ref(a_t|s_t)``
 per sequence (an unbiased estimate of ``KL(pi || pi_ref)``).
+
+Completion ``i`` is sampled with its own random stream, seeded by ``(seed, i)``: the result does not
+depend on how many completions run in parallel, so ``textgen-rl train`` (which evaluates with its
+training env), ``textgen-rl eval`` and ``textgen-rl compare`` report the same figures for the same
+model, prompts and seed (:data:`DEFAULT_EVAL_SEED` in all three).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from agents.rl_math import process_logits
 from text_envs.errors import ConfigError
 from text_envs.lm_stepper import BatchedLMStepper
 from text_envs.models import load_model
-from text_envs.tasks import Task, get_task
+from text_envs.tasks import DEFAULT_EVAL_SEED, Task, get_task
 from text_envs.vector_env import TextGenVectorEnv
 
 #: File written next to an exported model, naming the base (reference) model and the task.
@@ -34,6 +39,7 @@ class EvalResult:
 
     score_mean: float
     score_std: float
+    score_se: float  # standard error of score_mean: sample std (ddof=1) / sqrt(n)
     kl_mean: float
     distinct_1: float
     distinct_2: float
@@ -65,9 +71,24 @@ def _eval_prompts(task: Task, n: int, seed: int) -> list[str]:
     return [examples[int(i)].prompt for i in np.resize(order, n)]
 
 
+def _episode_generators(seed: int, first: int, count: int) -> list[torch.Generator]:
+    """One generator per completion ``first .. first + count - 1``, seeded by ``(seed, index)``."""
+    states = [np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
+              for index in range(first, first + count)]
+    return [torch.Generator().manual_seed(int(state)) for state in states]
+
+
+def _sample_rows(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of ``probs (B, V)`` by inverse CDF, row ``i`` drawing from ``generators[i]``. ``(B,)``"""
+    draws = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])  # (B,)
+    cdf = probs.double().cumsum(-1)  # (B, V)
+    index = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None], right=True)
+    return index.clamp_(max=probs.shape[-1] - 1).flatten()
+
+
 @torch.no_grad()
 def _sample_batch(lm: PreTrainedModel, env: TextGenVectorEnv, prompts: list[str], temperature: float,
-                  generator: torch.Generator) -> tuple[list[dict[str, Any]], list[float]]:
+                  generators: list[torch.Generator]) -> tuple[list[dict[str, Any]], list[float]]:
     """Run one episode per prompt; returns the final infos and the summed log pi of each completion."""
     obs, _ = env.reset(options={"prompts": prompts})
     stepper = BatchedLMStepper(lm, env.num_envs, int(env.tokenizer.pad_token_id))
@@ -77,10 +98,10 @@ def _sample_batch(lm: PreTrainedModel, env: TextGenVectorEnv, prompts: list[str]
     finals: list[dict[str, Any] | None] = [None] * env.num_envs
     logp_sums = np.zeros(env.num_envs)
     while any(f is None for f in finals):
-        logp = torch.log_softmax(logits.float(), -1)
-        probs = torch.softmax(process_logits(logits.float(), temperature), -1)
-        actions = torch.multinomial(probs.cpu(), 1, generator=generator).flatten()
-        logp_sums += np.where([f is None for f in finals], logp.cpu().gather(1, actions[:, None]).flatten().numpy(), 0)
+        logp = torch.log_softmax(logits.float(), -1).cpu()
+        probs = torch.softmax(process_logits(logits.float(), temperature), -1).cpu()
+        actions = _sample_rows(probs, generators)
+        logp_sums += np.where([f is None for f in finals], logp.gather(1, actions[:, None]).flatten().numpy(), 0)
         obs, _, done, _, info = env.step(actions.numpy())
         for i in np.flatnonzero(done):
             if finals[i] is None:
@@ -94,7 +115,7 @@ def _sample_batch(lm: PreTrainedModel, env: TextGenVectorEnv, prompts: list[str]
 def evaluate_model(model: str | Path | PreTrainedModel, task: str | Task = "sentiment", n: int = 64,
                    reference_model: str | None = None, reward_model: Any = None,
                    reward_kwargs: dict[str, Any] | None = None, max_new_tokens: int | None = None,
-                   num_envs: int = 16, temperature: float = 1.0, seed: int = 0, device: str = "auto",
+                   num_envs: int = 16, temperature: float = 1.0, seed: int = DEFAULT_EVAL_SEED, device: str = "auto",
                    samples: int = 4, env: TextGenVectorEnv | None = None) -> EvalResult:
     """Score ``model`` on ``n`` held-out prompts of ``task``.
 
@@ -108,7 +129,8 @@ def evaluate_model(model: str | Path | PreTrainedModel, task: str | Task = "sent
     :param max_new_tokens: token budget; default: the task's.
     :param num_envs: completions sampled in parallel.
     :param temperature: sampling temperature.
-    :param seed: seed of the prompt choice and of sampling.
+    :param seed: seed of the prompt choice and of sampling (completion ``i`` samples with its own stream
+        seeded by ``(seed, i)``, so the result does not depend on ``num_envs`` or on the env passed).
     :param device: device of the models.
     :param samples: number of sample texts kept in the result.
     :param env: an existing vector env to reuse (its reference and reward are used).
@@ -121,21 +143,22 @@ def evaluate_model(model: str | Path | PreTrainedModel, task: str | Task = "sent
         env = TextGenVectorEnv(num_envs=min(num_envs, n), model=lm if isinstance(model, PreTrainedModel) else str(model),
                                task=task, reward_model=reward_model, reward_kwargs=reward_kwargs, kl_coef=1.0,
                                max_new_tokens=max_new_tokens, reference_model=reference, device=device)
-    generator = torch.Generator().manual_seed(seed)
     prompts = _eval_prompts(get_task(task), n, seed)
     infos: list[dict[str, Any]] = []
     logps: list[float] = []
     for start in range(0, n, env.num_envs):
         chunk = prompts[start:start + env.num_envs]
         chunk = chunk + [chunk[-1]] * (env.num_envs - len(chunk))
-        finals, logp = _sample_batch(lm, env, chunk, temperature, generator)
+        finals, logp = _sample_batch(lm, env, chunk, temperature, _episode_generators(seed, start, env.num_envs))
         keep = min(env.num_envs, n - start)
         infos.extend(finals[:keep])
         logps.extend(logp[:keep])
     scores = np.array([float(i["score"]) for i in infos])
     kls = np.array(logps) - np.array([float(i["kl_ref_logprob_sum"]) for i in infos])
     texts = [str(i["text"]) for i in infos]
-    return EvalResult(score_mean=float(scores.mean()), score_std=float(scores.std()), kl_mean=float(kls.mean()),
+    standard_error = float(scores.std(ddof=1) / np.sqrt(len(scores))) if len(scores) > 1 else float("nan")
+    return EvalResult(score_mean=float(scores.mean()), score_std=float(scores.std()), score_se=standard_error,
+                      kl_mean=float(kls.mean()),
                       distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2),
                       length_mean=float(np.mean([int(i["num_tokens"]) for i in infos])), n=len(infos),
                       samples=[{"prompt": str(i["prompt"]), "text": str(i["text"]), "score": float(i["score"])}

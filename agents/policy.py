@@ -33,7 +33,7 @@ from transformers import AutoModel, PreTrainedModel
 from agents.rl_math import process_logits
 from text_envs.errors import ConfigError
 from text_envs.lm_stepper import BatchedLMStepper, positions_from_mask
-from text_envs.models import load_model, load_tokenizer
+from text_envs.models import check_vocabulary, load_model, load_tokenizer, quiet_transformers
 
 VALUE_TRUNKS = ("shared", "separate")
 # SB3 constructor parameters that a language-model policy does not use (dropped from saved kwargs)
@@ -130,8 +130,9 @@ class TransformerPolicyCore:
         self.value_head = nn.Linear(hidden, 1)
         nn.init.normal_(self.value_head.weight, std=1.0 / np.sqrt(hidden + 1))
         nn.init.zeros_(self.value_head.bias)
-        self.tokenizer = load_tokenizer(self.model_name if isinstance(self.model_name, str)
-                                        else self.model_name.name_or_path)
+        name = self.model_name if isinstance(self.model_name, str) else str(self.model_name.name_or_path)
+        self.tokenizer = load_tokenizer(name)
+        check_vocabulary(self.tokenizer, int(self.lm.get_output_embeddings().weight.shape[0]), name)
 
     def _lm_options(self) -> dict[str, Any]:
         return {"model": self.model_name, "value_trunk": self.value_trunk, "temperature": self.temperature,
@@ -293,16 +294,18 @@ class TransformerPolicyCore:
         return actions
 
     # ------------------------------------------------------------------------------------- export
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, verbose: bool = False) -> Path:
         """Export the policy's LM and tokenizer as a plain Hugging Face model folder.
 
         ``AutoModelForCausalLM.from_pretrained(directory)`` and
-        ``pipeline("text-generation", model=directory)`` load it.
+        ``pipeline("text-generation", model=directory)`` load it. ``verbose`` shows transformers'
+        "Writing model shards" progress bar (hidden by default).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.lm.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+        with quiet_transformers(verbose):
+            self.lm.save_pretrained(directory)
+            self.tokenizer.save_pretrained(directory)
         return directory
 
 

@@ -6,7 +6,7 @@ model: per token one policy forward (logits + value head), one sample, one refer
 and a reward call per finished episode. The variants are timed interleaved (a, b, c, d, a, b, ...), after
 one warm-up call each.
 
-(a) ceiling: a minimal loop over Hugging Face ``past_key_values`` (policy and reference caches);
+(a) ceiling: a minimal loop over Hugging Face's returned KV caches (policy and reference caches);
 (b) ``TokenPPO.collect_rollouts`` on ``make_text_vec_env`` (the batched ``TextGen-v0`` vector env);
 (c) stock ``stable_baselines3.PPO.collect_rollouts`` with ``TransformerPolicy`` on the same env;
 (d) naive: no KV cache anywhere: TokenPPO with ``policy_kwargs={"use_kv_cache": False}`` (the policy re-runs
@@ -32,8 +32,9 @@ def ceiling_rollout(policy_lm, value_head, ref_lm, tokenizer, prompts: list[str]
     """Generate ``new_tokens`` per prompt with policy + reference KV caches; returns the tokens generated."""
     import torch
 
-    from text_envs.lm_stepper import left_pad, positions_from_mask
+    from text_envs.lm_stepper import cache_keyword, left_pad, positions_from_mask, returned_cache
 
+    policy_key, ref_key = cache_keyword(policy_lm), cache_keyword(ref_lm)
     encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
     ids, mask = left_pad(encoded, tokenizer.pad_token_id, torch.device("cpu"))
     positions = positions_from_mask(mask)
@@ -57,11 +58,10 @@ def ceiling_rollout(policy_lm, value_head, ref_lm, tokenizer, prompts: list[str]
             if t == new_tokens - 1:
                 break
             mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
-            out = policy_lm(input_ids=action, attention_mask=mask, position_ids=position,
-                            past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1,
-                            output_hidden_states=True)
-            ref = ref_lm(input_ids=action, attention_mask=mask, position_ids=position,
-                         past_key_values=ref.past_key_values, use_cache=True, logits_to_keep=1)
+            out = policy_lm(input_ids=action, attention_mask=mask, position_ids=position, use_cache=True,
+                            logits_to_keep=1, output_hidden_states=True, **{policy_key: returned_cache(out)})
+            ref = ref_lm(input_ids=action, attention_mask=mask, position_ids=position, use_cache=True,
+                         logits_to_keep=1, **{ref_key: returned_cache(ref)})
             position = position + 1
     completions = tokenizer.batch_decode(torch.cat(actions, 1).tolist(), skip_special_tokens=True)
     common.vowel_reward(prompts, completions)

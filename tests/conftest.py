@@ -74,3 +74,28 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         max_position_embeddings=128,
     )
     return _save_random_model(config, tmp_path_factory.mktemp("tiny-llama"))
+
+
+def _repository_files() -> set[str] | None:
+    """Untracked and ignored paths under the repository (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        listing = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+                                 cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    paths = {line[3:] for line in listing.splitlines() if line[:2] in ("??", "!!")}
+    tool_caches = ("__pycache__", ".pytest_cache", ".egg-info", ".hypothesis")
+    return {p for p in paths if not any(part in p for part in tool_caches)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tests_write_only_under_temporary_folders():
+    """Fails the session if a test left a file inside the repository (tests write under tmp_path only)."""
+    before = _repository_files()
+    yield
+    after = _repository_files()
+    if before is not None and after is not None:
+        new = sorted(after - before)
+        assert not new, f"tests wrote inside the repository: {new[:10]}"

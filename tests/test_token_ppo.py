@@ -10,7 +10,7 @@ import torch
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import obs_as_tensor
 
-from agents import TokenPPO, TransformerPolicy, make_text_vec_env
+from agents import TokenPPO, TransformerPolicy
 from agents.buffers import Episode, SequenceRolloutBuffer
 from text_envs.errors import ConfigError
 from tests.micro import build_micro_model, micro_env, prob_of_a
@@ -111,3 +111,19 @@ def test_bad_hyperparameters_are_rejected(micro_dir):
         TokenPPO(TransformerPolicy, env, policy_kwargs={"model": str(micro_dir)}, clip_range=1.5)
     with pytest.raises(ConfigError, match="batch_size"):
         TokenPPO(TransformerPolicy, env, policy_kwargs={"model": str(micro_dir)}, batch_size=0)
+
+
+@pytest.mark.parametrize("algo", ["token-ppo", "ppo"])
+def test_progress_bar_counts_generated_tokens_and_ends_at_the_true_count(micro_dir, algo):
+    from stable_baselines3 import PPO
+
+    from agents.callbacks import TokenProgressBar
+
+    env = micro_env(micro_dir)
+    cls, extra = (TokenPPO, {"batch_size": 4}) if algo == "token-ppo" else (PPO, {"batch_size": 40})
+    model = cls(TransformerPolicy, env, policy_kwargs={"model": str(micro_dir)}, n_steps=5, seed=0, device="cpu",
+                **extra)
+    bar = TokenProgressBar()
+    model.learn(50, callback=bar)  # rollouts of 8 slots x 5 steps: the last one passes the budget
+    assert model.num_timesteps > 50
+    assert bar.pbar.n == model.num_timesteps and bar.pbar.total == model.num_timesteps

@@ -8,9 +8,10 @@ from typing import Any, Callable, Mapping
 
 from transformers import PreTrainedModel
 
+from text_envs.devices import resolve_dtype
 from text_envs.episode_batch import KL_PENALTIES, EpisodeBatch
 from text_envs.errors import ConfigError
-from text_envs.models import load_config, load_model, load_tokenizer
+from text_envs.models import check_vocabulary, load_config, load_model, load_tokenizer
 from text_envs.rewards import RewardModel
 from text_envs.tasks import Task, get_task
 
@@ -44,6 +45,8 @@ class TextGenConfig:
     device: str = field(default="auto", metadata={"help": "Device of the reference model: 'auto', 'cpu', 'cuda'..."})
     dtype: str = field(default="auto", metadata={"help": "dtype of the reference model: 'auto' (bf16 on CUDA, fp32 "
                                                           "on CPU), 'float32', 'bfloat16'..."})
+    verbose: bool = field(default=False, metadata={
+        "help": "Show transformers' progress bars while the models load (hidden by default)."})
 
     def __post_init__(self) -> None:
         if self.kl_penalty not in KL_PENALTIES:
@@ -54,6 +57,7 @@ class TextGenConfig:
             raise ConfigError(f"max_new_tokens must be a positive int or None, got {self.max_new_tokens!r}")
         if not isinstance(self.max_prompt_tokens, int) or self.max_prompt_tokens < 1:
             raise ConfigError(f"max_prompt_tokens must be a positive int, got {self.max_prompt_tokens!r}")
+        resolve_dtype(self.dtype, self.device)  # validates both, whether or not a reference model is loaded
 
 
 def _vocab_size(model: str | PreTrainedModel) -> int:
@@ -62,6 +66,10 @@ def _vocab_size(model: str | PreTrainedModel) -> int:
     config = load_config(model)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return int(text_config.vocab_size)
+
+
+def _model_label(model: str | PreTrainedModel) -> str:
+    return str(model.name_or_path) if isinstance(model, PreTrainedModel) else str(model)
 
 
 def _eos_ids(model: str | PreTrainedModel, tokenizer: Any) -> frozenset[int]:
@@ -80,18 +88,24 @@ def _eos_ids(model: str | PreTrainedModel, tokenizer: Any) -> frozenset[int]:
 def build_episode_batch(config: TextGenConfig, batch_size: int) -> tuple[EpisodeBatch, Task]:
     """Load the tokenizer, reference model, task and reward model of ``config`` into an :class:`EpisodeBatch`."""
     task = get_task(config.task)
-    tokenizer = load_tokenizer(config.model.name_or_path if isinstance(config.model, PreTrainedModel)
-                               else config.model)
+    tokenizer = load_tokenizer(_model_label(config.model), verbose=config.verbose)
+    vocab_size = _vocab_size(config.model)
+    check_vocabulary(tokenizer, vocab_size, _model_label(config.model))
     reward = task.build_reward(config.reward_model, config.reward_kwargs)
     reference = None
     if config.kl_coef > 0:
         source = config.reference_model if config.reference_model is not None else config.model
         if isinstance(source, PreTrainedModel) and source is config.model:
             source = copy.deepcopy(source)  # a frozen snapshot: the caller may go on training `model`
-        reference = load_model(source, device=config.device, dtype=config.dtype)
+        reference = load_model(source, device=config.device, dtype=config.dtype, verbose=config.verbose)
         reference.requires_grad_(False)
+        reference_vocab = int(reference.get_output_embeddings().weight.shape[0])
+        if reference_vocab < vocab_size:
+            raise ConfigError(f"the reference model {_model_label(source)!r} has a vocabulary of {reference_vocab} "
+                              f"tokens, fewer than the policy model's {vocab_size}: use a reference with the same "
+                              "tokenizer")
     batch = EpisodeBatch(
-        tokenizer=tokenizer, vocab_size=_vocab_size(config.model), reward_model=reward, reference=reference,
+        tokenizer=tokenizer, vocab_size=vocab_size, reward_model=reward, reference=reference,
         kl_coef=config.kl_coef, kl_penalty=config.kl_penalty,
         max_new_tokens=config.max_new_tokens or task.max_new_tokens, max_prompt_tokens=config.max_prompt_tokens,
         eos_token_ids=_eos_ids(config.model, tokenizer), batch_size=batch_size,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import gymnasium as gym
 import numpy as np
@@ -125,7 +125,7 @@ class TextGenEnv(TextGenBase, gym.Env[dict, np.int64]):
     ```python
     gym.make("TextGen-v0", model="tiny", task="sentiment", reward_model=None, reward_kwargs=None,
              kl_coef=0.05, kl_penalty="dense", max_new_tokens=None, max_prompt_tokens=64,
-             reference_model=None, device="auto", dtype="auto", render_mode=None)
+             reference_model=None, device="auto", dtype="auto", render_mode=None, verbose=False)
     ```
     See :class:`~text_envs.config.TextGenConfig` for each; ``render_mode="ansi"`` renders
     ``prompt + text so far``. ``gym.make_vec("TextGen-v0", num_envs=N, ...)`` gives the natively
@@ -142,11 +142,12 @@ class TextGenEnv(TextGenBase, gym.Env[dict, np.int64]):
                  reward_model: RewardSpec = None, reward_kwargs: Mapping[str, Any] | None = None,
                  kl_coef: float = 0.05, kl_penalty: str = "dense", max_new_tokens: int | None = None,
                  max_prompt_tokens: int = 64, reference_model: str | PreTrainedModel | None = None,
-                 device: str = "auto", dtype: str = "auto", render_mode: str | None = None) -> None:
+                 device: str = "auto", dtype: str = "auto", render_mode: str | None = None,
+                 verbose: bool = False) -> None:
         config = TextGenConfig(model=model, task=task, reward_model=reward_model, reward_kwargs=reward_kwargs,
                                kl_coef=kl_coef, kl_penalty=kl_penalty, max_new_tokens=max_new_tokens,
                                max_prompt_tokens=max_prompt_tokens, reference_model=reference_model,
-                               device=device, dtype=dtype)
+                               device=device, dtype=dtype, verbose=verbose)
         self._setup(config, batch_size=1, render_mode=render_mode)
         self.action_space = spaces.Discrete(self.batch.vocab_size)
         self.observation_space = observation_space(self.batch.vocab_size, self.batch.window)

@@ -17,10 +17,43 @@ makes the result equal (to float tolerance) to an uncached forward over each slo
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+import dataclasses
+import functools
+import inspect
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+#: The keyword under which this transformers release passes a KV cache to ``forward`` (and the output field
+#: holding it): ``cache`` from 5.24 on, ``past_key_values`` before (5.24 deprecates the old name).
+LIBRARY_CACHE_KEYWORD: str = ("cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)}
+                              else "past_key_values")
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_cache_keyword(model_class: type) -> str:
+    parameters = inspect.signature(model_class.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    return LIBRARY_CACHE_KEYWORD  # forward(**kwargs) wrappers pass the keyword on to a transformers model
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword ``model.forward`` takes its KV cache under: ``"cache"`` or ``"past_key_values"``.
+
+    Detected once per model class from the ``forward`` signature (wrappers such as PEFT's are unwrapped
+    first), so that no call passes a deprecated name and no call pays for a try/except.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_cache_keyword(type(base))
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward returned (``output.cache`` or, before transformers 5.24, ``past_key_values``)."""
+    return output.get(LIBRARY_CACHE_KEYWORD)
 
 
 class StepOutput(NamedTuple):
@@ -62,6 +95,7 @@ class BatchedLMStepper:
         self.pad_id = pad_id
         self.output_hidden = output_hidden
         self.cache: DynamicCache | None = None
+        self.cache_keyword = cache_keyword(model)
         self.device = next(model.parameters()).device
         self.mask = torch.zeros((batch_size, 0), dtype=torch.long, device=self.device)  # (B, T)
         self.positions = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # (B,) real tokens so far
@@ -74,8 +108,8 @@ class BatchedLMStepper:
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                  cache: DynamicCache) -> StepOutput:
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1, output_hidden_states=self.output_hidden)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1, output_hidden_states=self.output_hidden, **{self.cache_keyword: cache})
         hidden = out.hidden_states[-1][:, -1].float() if self.output_hidden else None
         return StepOutput(out.logits[:, -1].float(), hidden)
 

@@ -26,21 +26,27 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import logging
 import os
+import pickle
 import shutil
-import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from huggingface_hub.errors import HFValidationError
 
-if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds, and listing models needs none of it
+# torch and transformers are imported lazily: they take seconds, and listing or checking model names needs neither
+if TYPE_CHECKING:
+    import torch
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from text_envs.atomic import atomic_directory
+from text_envs.devices import resolve_device, resolve_dtype
 from text_envs.errors import ConfigError, MissingDependencyError, UnknownModelError
 
 __all__ = [
@@ -49,11 +55,14 @@ __all__ = [
     "SMOLLM2_INSTALL_COMMAND",
     "ModelAlias",
     "ModelStatus",
+    "check_model_name",
+    "check_vocabulary",
     "configure_threads",
     "load_config",
     "load_model",
     "load_tokenizer",
     "model_availability",
+    "quiet_transformers",
     "resolve_device",
     "resolve_dtype",
 ]
@@ -83,16 +92,36 @@ SMOLLM2_CHAT_TEMPLATE: str = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-
 _threads_configured = False
+
+
+@contextlib.contextmanager
+def quiet_transformers(verbose: bool = False, errors_only: bool = False) -> Iterator[None]:
+    """Hide transformers' progress bars ("Loading weights", "Writing model shards") inside the block.
+
+    The library never prints them unless asked: every load and save of ``text_envs`` and ``agents`` runs
+    inside this context. The previous settings are restored on exit.
+
+    :param verbose: ``True`` leaves transformers' output as it is (the caller asked for it).
+    :param errors_only: also lower transformers' logging to errors (e.g. the expected "newly initialized
+        weights" report when a reward model gets a fresh scalar head).
+    """
+    if verbose:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    if errors_only:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 @dataclass(frozen=True)
@@ -142,50 +171,8 @@ MODEL_ALIASES: dict[str, ModelAlias] = {
 
 
 # --------------------------------------------------------------------------------------------------
-# Devices, dtypes, threads
+# Threads (devices and dtypes: text_envs.devices)
 # --------------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """Turn a device specification into a :class:`torch.device`.
-
-    :param device: ``"auto"`` (CUDA if available, else CPU), a device string such as ``"cpu"`` or
-        ``"cuda:0"``, or a :class:`torch.device`.
-    :return: The device.
-    :raises ConfigError: If the string is not a device, or names CUDA on a machine without it.
-    """
-    if isinstance(device, str) and device.strip().lower() == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ConfigError(f"device={device!r} is not a device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} but CUDA is not available on this machine; use 'auto' or 'cpu'")
-    return resolved
-
-
-def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device = "auto") -> torch.dtype:
-    """Turn a dtype specification into a floating-point :class:`torch.dtype`.
-
-    :param dtype: ``"auto"`` (``bfloat16`` on CUDA, ``float32`` elsewhere), one of ``"float32"``/``"fp32"``,
-        ``"bfloat16"``/``"bf16"``, ``"float16"``/``"fp16"``, or one of those :class:`torch.dtype`.
-    :param device: The device the model will run on (only used by ``"auto"``).
-    :return: The dtype.
-    :raises ConfigError: On any other value; the message lists the accepted ones.
-    """
-    accepted = ["auto", *_DTYPES]
-    if isinstance(dtype, torch.dtype):
-        if dtype in _DTYPES.values():
-            return dtype
-        raise ConfigError(f"dtype={dtype} is not supported; expected one of {accepted} or the matching torch dtypes")
-    if isinstance(dtype, str):
-        key = dtype.strip().lower().removeprefix("torch.")
-        if key == "auto":
-            return torch.bfloat16 if resolve_device(device).type == "cuda" else torch.float32
-        if key in _DTYPES:
-            return _DTYPES[key]
-    raise ConfigError(f"dtype={dtype!r} is not supported; expected one of {accepted} or a torch dtype")
 
 
 def configure_threads(n: int | None = None) -> int:
@@ -214,6 +201,8 @@ def configure_threads(n: int | None = None) -> int:
             n = max(1, (os.cpu_count() or 1) // 2)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"{source}={n!r}: the number of threads must be a positive integer")
+    import torch
+
     torch.set_num_threads(n)
     _threads_configured = True
     logger.debug("torch intra-op threads set to %d", n)
@@ -293,6 +282,7 @@ def _convert_smollm2_gguf(gguf_path: Path) -> tuple[PreTrainedModel, PreTrainedT
     write. Building the model from the GGUF config and loading the dequantized tensors gives a plain
     model (same outputs) that can be cached.
     """
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
@@ -313,21 +303,10 @@ def _convert_smollm2_gguf(gguf_path: Path) -> tuple[PreTrainedModel, PreTrainedT
 
 
 def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
-    """Write ``model`` and ``tokenizer`` to a temporary folder next to ``target``, then rename it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        temporary.chmod(0o755)  # mkdtemp makes it private; the final folder should look like any other
+    """Write ``model`` and ``tokenizer`` to a temporary folder next to ``target``, then swap it in."""
+    with atomic_directory(target) as temporary, quiet_transformers():
         model.save_pretrained(temporary)
         tokenizer.save_pretrained(temporary)
-        try:
-            os.replace(temporary, target)
-        except OSError:
-            if not _is_complete_model_dir(target):  # not a concurrent writer finishing first
-                raise
-            logger.info("another process cached %s first; using its copy", target)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def _smollm2_dir() -> Path:
@@ -337,7 +316,8 @@ def _smollm2_dir() -> Path:
         return cache_dir
     gguf_path = _smollm2_gguf_path()
     logger.info("converting %s to %s (once; about 20-30 s)", gguf_path, cache_dir)
-    model, tokenizer = _convert_smollm2_gguf(gguf_path)
+    with quiet_transformers():
+        model, tokenizer = _convert_smollm2_gguf(gguf_path)
     if cache_dir.exists():  # an incomplete folder left by something else than this module
         shutil.rmtree(cache_dir)
     _save_atomically(model, tokenizer, cache_dir)
@@ -349,12 +329,75 @@ def _smollm2_dir() -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
-def _unknown_model_error(name: str, error: Exception) -> UnknownModelError:
+def _unknown_model_error(name: str, reason: str) -> UnknownModelError:
     aliases = ", ".join(repr(alias) for alias in MODEL_ALIASES)
-    return UnknownModelError(
-        f"unknown model {name!r}: it is not an alias ({aliases}), not an existing local path, "
-        f"and loading it as a Hugging Face Hub id failed ({type(error).__name__}: {str(error).splitlines()[0]})"
-    )
+    return UnknownModelError(f"unknown model {name!r}: it is not an alias ({aliases}), not an existing local path, "
+                             f"and {reason}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def _hub_is_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+@functools.lru_cache(maxsize=64)
+def _hub_access(repo_id: str) -> bool:
+    """Check a hub id before any download, so that a bad id fails at once instead of after HTTP retries.
+
+    :return: ``True`` when the files must come from the local hub cache only (offline mode, or the hub
+        cannot be reached but the id is cached); ``False`` when the hub answered for this id.
+    :raises UnknownModelError: if the id is malformed, unknown to the hub, or neither reachable nor cached.
+    """
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise _unknown_model_error(repo_id, f"not a valid Hugging Face Hub id ({_first_line(error)})") from None
+    cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    if _hub_is_offline():
+        if cached:
+            return True
+        raise _unknown_model_error(repo_id, "it is not in the local Hugging Face Hub cache (HF_HUB_OFFLINE is set, "
+                                            "so the Hub is not asked)")
+    try:
+        model_info(repo_id, timeout=_HUB_PROBE_TIMEOUT_S)
+    except GatedRepoError:
+        return False  # it exists; from_pretrained reports the access problem with the user's token
+    except RepositoryNotFoundError:
+        raise _unknown_model_error(repo_id, "the Hugging Face Hub has no such model") from None
+    except HfHubHTTPError:
+        return False  # the hub answered (rate limit, server error): let from_pretrained decide
+    except Exception as error:  # connection refused, DNS failure, timeout, proxy error...
+        if cached:
+            logger.info("the Hugging Face Hub cannot be reached (%s); loading %s from the local cache",
+                        _first_line(error), repo_id)
+            return True
+        raise _unknown_model_error(repo_id, f"the Hugging Face Hub cannot be reached ({_first_line(error)}) and it "
+                                            "is not in the local Hugging Face Hub cache") from None
+    return False
+
+
+#: Seconds the hub may take to answer the existence check of a hub id.
+_HUB_PROBE_TIMEOUT_S = 1.5
+#: What a local model folder may raise when it cannot be loaded (missing or broken files, a pickle-only
+#: checkpoint that ``torch.load(weights_only=True)`` refuses, an unknown ``model_type``...).
+_LOCAL_LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError)
+
+
+def _model_name(name: Any) -> str:
+    if isinstance(name, (str, os.PathLike)) and os.fspath(name).strip():
+        return os.fspath(name)
+    raise ConfigError(f"model={name!r} is not a model name; expected an alias ({', '.join(MODEL_ALIASES)}), a local "
+                      "folder or a Hugging Face Hub id (a non-empty string or path)")
 
 
 def _resolve_source(name: str | os.PathLike[str], *, convert: bool = True) -> tuple[str, dict[str, str]]:
@@ -363,7 +406,7 @@ def _resolve_source(name: str | os.PathLike[str], *, convert: bool = True) -> tu
     :param convert: For the GGUF alias, convert (and cache) it if needed; with ``False`` an uncached
         GGUF alias resolves to the GGUF file itself (enough for its config).
     """
-    text = os.fspath(name)
+    text = _model_name(name)
     alias = MODEL_ALIASES.get(text)
     if alias is not None and alias.kind == "bundled":
         return str(BUNDLED_MODEL_DIR), {}
@@ -375,18 +418,60 @@ def _resolve_source(name: str | os.PathLike[str], *, convert: bool = True) -> tu
     return text, {}
 
 
-def _from_pretrained(loader: type, name: str | os.PathLike[str], *, convert: bool = True, **kwargs: Any) -> Any:
+def check_model_name(name: str | os.PathLike[str]) -> None:
+    """Fail fast, without loading anything, if ``name`` is neither an alias, a local folder nor a hub id that
+    can be fetched (or is cached). Cheap: no transformers import, at most one short hub request.
+
+    :raises UnknownModelError: if the name resolves to nothing.
+    :raises ConfigError: if it is not a string or path.
+    """
+    text = _model_name(name)
+    if text in MODEL_ALIASES:
+        return
+    if Path(text).expanduser().exists():
+        if not Path(text).expanduser().is_dir():
+            raise UnknownModelError(f"{text!r} is a file; a local model is a folder written by save_pretrained")
+        return
+    _hub_access(text)
+
+
+def _from_pretrained(loader: type, name: str | os.PathLike[str], *, convert: bool = True, verbose: bool = False,
+                     **kwargs: Any) -> Any:
     """Call ``loader.from_pretrained`` on the resolved source, turning lookup failures into UnknownModelError."""
     source, extra = _resolve_source(name, convert=convert)
     if Path(source).exists():
         try:
-            return loader.from_pretrained(source, **extra, **kwargs)
-        except (OSError, ValueError) as error:  # missing files, no model_type...
-            raise UnknownModelError(f"{source!r} exists but is not a loadable model folder: {error}") from error
+            with quiet_transformers(verbose):
+                return loader.from_pretrained(source, **extra, **kwargs)
+        except _LOCAL_LOAD_ERRORS as error:
+            hint = ""
+            if isinstance(error, pickle.UnpicklingError) or "weights_only" in str(error):
+                hint = ("; it holds a pickle checkpoint that cannot be loaded safely: save it again as safetensors "
+                        "(model.save_pretrained(folder)) from code you trust")
+            raise UnknownModelError(f"{source!r} exists but is not a loadable model folder ({_first_line(error)})"
+                                    f"{hint}") from None
+    local_only = _hub_access(source)
     try:
-        return loader.from_pretrained(source, **kwargs)
+        with quiet_transformers(verbose):
+            return loader.from_pretrained(source, local_files_only=local_only, **kwargs)
     except (OSError, HFValidationError) as error:  # hub errors: offline, not found, bad repo id
-        raise _unknown_model_error(os.fspath(name), error) from error
+        raise _unknown_model_error(source, f"loading it as a Hugging Face Hub id failed ({_first_line(error)})") \
+            from None
+
+
+def check_vocabulary(tokenizer: PreTrainedTokenizerBase, vocab_size: int, model_name: str) -> None:
+    """Check that every id the tokenizer can produce has a row in the model's embedding and LM head.
+
+    A model may have more rows than the tokenizer has tokens (vocabularies padded to a multiple of 64),
+    never fewer: an id past the last row fails deep inside the model's forward.
+
+    :raises ConfigError: naming both sizes.
+    """
+    tokens = len(tokenizer)
+    if tokens > vocab_size:
+        raise ConfigError(f"the tokenizer of {model_name!r} has {tokens} tokens but the model's vocabulary (embedding "
+                          f"and LM head) has {vocab_size} rows: they do not belong together; save the tokenizer the "
+                          "model was trained with in the same folder")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -394,24 +479,25 @@ def _from_pretrained(loader: type, name: str | os.PathLike[str], *, convert: boo
 # --------------------------------------------------------------------------------------------------
 
 
-def load_config(name_or_path: str | os.PathLike[str] = "tiny") -> PretrainedConfig:
+def load_config(name_or_path: str | os.PathLike[str] = "tiny", *, verbose: bool = False) -> PretrainedConfig:
     """Load the configuration of a model without its weights.
 
     For an alias that still needs converting (``"smollm2-135m"`` before its first load), the config is
     read from the GGUF metadata, without dequantizing anything.
 
     :param name_or_path: An alias of :data:`MODEL_ALIASES`, a local folder or a hub id.
+    :param verbose: Show transformers' progress bars (hidden by default).
     :return: The model configuration.
     :raises UnknownModelError: If the name resolves to nothing.
     :raises MissingDependencyError: If the alias needs a package that is not installed.
     """
     from transformers import AutoConfig
 
-    return _from_pretrained(AutoConfig, name_or_path, convert=False)
+    return _from_pretrained(AutoConfig, name_or_path, convert=False, verbose=verbose)
 
 
 def load_tokenizer(
-    name_or_path: str | os.PathLike[str] = "tiny", *, trust_remote_code: bool = False
+    name_or_path: str | os.PathLike[str] = "tiny", *, trust_remote_code: bool = False, verbose: bool = False
 ) -> PreTrainedTokenizerBase:
     """Load the tokenizer of a model, ready for batched left-padded generation.
 
@@ -420,13 +506,14 @@ def load_tokenizer(
 
     :param name_or_path: An alias of :data:`MODEL_ALIASES`, a local folder or a hub id.
     :param trust_remote_code: Passed to ``AutoTokenizer.from_pretrained``.
+    :param verbose: Show transformers' progress bars (hidden by default).
     :return: The tokenizer.
     :raises UnknownModelError: If the name resolves to nothing.
     :raises MissingDependencyError: If the alias needs a package that is not installed.
     """
     from transformers import AutoTokenizer
 
-    tokenizer = _from_pretrained(AutoTokenizer, name_or_path, trust_remote_code=trust_remote_code)
+    tokenizer = _from_pretrained(AutoTokenizer, name_or_path, trust_remote_code=trust_remote_code, verbose=verbose)
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
         if fallback is None:
@@ -443,6 +530,7 @@ def load_model(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     trust_remote_code: bool = False,
+    verbose: bool = False,
 ) -> PreTrainedModel:
     """Load a causal language model in eval mode on a device.
 
@@ -455,6 +543,7 @@ def load_model(
     :param device: See :func:`resolve_device`.
     :param dtype: See :func:`resolve_dtype`.
     :param trust_remote_code: Passed to ``AutoModelForCausalLM.from_pretrained``.
+    :param verbose: Show transformers' "Loading weights" progress bar (hidden by default).
     :return: The model, in eval mode, on ``device``.
     :raises UnknownModelError: If the name resolves to nothing.
     :raises MissingDependencyError: If the alias needs a package that is not installed.
@@ -471,7 +560,7 @@ def load_model(
         model = name_or_path.to(device=torch_device) if keep_dtype else name_or_path.to(torch_device, torch_dtype)
         return model.eval()
     model = _from_pretrained(
-        AutoModelForCausalLM, name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        AutoModelForCausalLM, name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, verbose=verbose
     )
     return model.to(torch_device).eval()
 

@@ -50,13 +50,14 @@ class TextGenVectorEnv(TextGenBase, VectorEnv):
                  reward_model: RewardSpec = None, reward_kwargs: Mapping[str, Any] | None = None,
                  kl_coef: float = 0.05, kl_penalty: str = "dense", max_new_tokens: int | None = None,
                  max_prompt_tokens: int = 64, reference_model: str | PreTrainedModel | None = None,
-                 device: str = "auto", dtype: str = "auto", render_mode: str | None = None) -> None:
+                 device: str = "auto", dtype: str = "auto", render_mode: str | None = None,
+                 verbose: bool = False) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ConfigError(f"num_envs must be a positive int, got {num_envs!r}")
         config = TextGenConfig(model=model, task=task, reward_model=reward_model, reward_kwargs=reward_kwargs,
                                kl_coef=kl_coef, kl_penalty=kl_penalty, max_new_tokens=max_new_tokens,
                                max_prompt_tokens=max_prompt_tokens, reference_model=reference_model,
-                               device=device, dtype=dtype)
+                               device=device, dtype=dtype, verbose=verbose)
         self.num_envs = num_envs
         self._setup(config, batch_size=num_envs, render_mode=render_mode)
         self.single_action_space = spaces.Discrete(self.batch.vocab_size)

@@ -169,10 +169,14 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
     def learn(self, total_timesteps: int, callback: Any = None, log_interval: int = 1, tb_log_name: str = "",
               reset_num_timesteps: bool = True, progress_bar: bool = False) -> "SequenceOnPolicyAlgorithm":
         """Train for ``total_timesteps`` generated tokens (see SB3's ``learn``); the losses of the last
-        update are written to the logger too."""
+        update are written to the logger too. ``progress_bar`` counts generated tokens
+        (:class:`~agents.callbacks.TokenProgressBar`)."""
+        from agents.callbacks import with_progress_bar
+
+        callback = with_progress_bar(callback) if progress_bar else callback
         super().learn(total_timesteps=total_timesteps, callback=callback, log_interval=log_interval,
                       tb_log_name=tb_log_name or type(self).__name__, reset_num_timesteps=reset_num_timesteps,
-                      progress_bar=progress_bar)
+                      progress_bar=False)
         self.logger.dump(step=self.num_timesteps)
         return self
 

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from agents.cli.arguments import DefaultsHelpFormatter, OneLineParser
 from text_envs.errors import TextEnvsError
 
 #: Modules of this package that define subcommands, in the order ``--help`` lists them.
@@ -26,12 +27,15 @@ class CLIError(TextEnvsError, ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``textgen-rl`` argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
-        prog="textgen-rl", description="Reinforcement learning on text: Gymnasium environments and SB3 agents."
+    parser = OneLineParser(
+        prog="textgen-rl", description="Reinforcement learning on text: Gymnasium environments and SB3 agents.",
+        formatter_class=DefaultsHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)
+    for command in subparsers.choices.values():  # every subcommand's --help shows its defaults
+        command.formatter_class = DefaultsHelpFormatter
     return parser
 
 
@@ -40,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # transformers' per-load "Loading weights" bars would bury the command's own progress bar and tables
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error, already printed as one line (2)
+        return stop.code if isinstance(stop.code, int) else 2
     try:
         return int(args.func(args) or 0)
     except (TextEnvsError, FileNotFoundError, PermissionError) as error:

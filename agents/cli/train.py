@@ -1,14 +1,24 @@
-"""``textgen-rl train`` and ``textgen-rl eval``: the main job and held-out evaluation."""
+"""``textgen-rl train`` and ``textgen-rl eval``: the main job and held-out evaluation.
+
+Both check every argument before loading anything (bad input: one line on stderr, exit code 2, no
+folder created), and both score the same held-out prompts with the same sampling seed by default
+(``--eval-seed`` / ``--seed`` 1234), so ``textgen-rl eval --model runs/NAME/hf`` reproduces the
+"after" figures that ``train`` printed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from agents.cli import CLIError
+from agents.cli.arguments import non_negative_float, non_negative_int, positive_float, positive_int
+from text_envs.tasks import DEFAULT_EVAL_SEED as EVAL_SEED
 
 
 def add_common_env_args(parser: argparse.ArgumentParser) -> None:
@@ -16,33 +26,55 @@ def add_common_env_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="sentiment", help="task name (see `textgen-rl tasks`)")
     parser.add_argument("--model", default="tiny", help="model alias, local path or hub id (see `textgen-rl models`)")
     parser.add_argument("--reward-model", default=None,
-                        help="reward override: a registered name (see `textgen-rl rewards`) or learned:PATH")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="token budget (default: the task's)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: TEXTGEN_RL_THREADS or "
-                                                                   "half the cores)")
+                        help="reward override: a registered name (see `textgen-rl rewards`) or learned:PATH "
+                             "(default: the task's reward)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help="token budget of an episode (default: the task's)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads (default: TEXTGEN_RL_THREADS, else half the cores)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` and ``eval`` subcommands."""
-    train = subparsers.add_parser("train", help="fine-tune a language model with RL on a task")
+    from agents.algorithm_registry import ALGORITHMS
+
+    rates = ", ".join(f"{name} {spec.defaults['learning_rate']:g}" for name, spec in ALGORITHMS.items())
+    train = subparsers.add_parser(
+        "train", help="fine-tune a language model with RL on a task",
+        description="Train a policy LM with RL on a task, evaluating it on held-out prompts before and after. "
+                    "Writes the run folder: model.zip (SB3), hf/ (exported HF model), progress.csv, TensorBoard "
+                    "events, reward_curve.png, eval.json.")
     add_common_env_args(train)
-    train.add_argument("--algo", default="token-ppo", help="token-ppo, ppo, a2c, maskable-ppo, reinforce, rloo, grpo")
-    train.add_argument("--timesteps", type=int, default=32_768, help="budget in generated tokens")
-    train.add_argument("--kl-coef", type=float, default=0.05, help="KL penalty coefficient beta")
-    train.add_argument("--kl-target", type=float, default=None, help="adaptive KL target per sequence (token-ppo)")
-    train.add_argument("--num-envs", type=int, default=16, help="parallel episodes")
-    train.add_argument("--learning-rate", type=float, default=None, help="default: the algorithm's CLI default")
-    train.add_argument("--eval-n", type=int, default=64, help="held-out prompts evaluated before and after")
-    train.add_argument("--out", default=None, help="run folder (default: runs/<task>-<algo>-<time>)")
+    train.add_argument("--algo", default="token-ppo", help=", ".join(ALGORITHMS))
+    train.add_argument("--timesteps", type=positive_int, default=32_768, help="budget in generated tokens")
+    train.add_argument("--kl-coef", type=non_negative_float, default=0.05, help="KL penalty coefficient beta")
+    train.add_argument("--kl-target", type=positive_float, default=None,
+                       help="adaptive KL target per sequence, token-ppo and the critic-free algorithms "
+                            "(default: none, kl-coef stays fixed)")
+    train.add_argument("--num-envs", type=positive_int, default=16, help="parallel episodes")
+    train.add_argument("--learning-rate", type=positive_float, default=None,
+                       help=f"default: the algorithm's ({rates})")
+    train.add_argument("--seed", type=non_negative_int, default=0, help="training seed")
+    train.add_argument("--eval-n", type=positive_int, default=64, help="held-out prompts evaluated before and after")
+    train.add_argument("--eval-seed", type=non_negative_int, default=EVAL_SEED,
+                       help="seed of the held-out prompts and their sampling; `textgen-rl eval --seed` has the same, "
+                            "so eval reproduces the after figures")
+    train.add_argument("--out", default=None, help="run folder (default: runs/<task>-<algo>-<date>-<time>)")
     train.set_defaults(func=run_train)
 
-    evaluate = subparsers.add_parser("eval", help="score a model on a task's held-out prompts")
+    evaluate = subparsers.add_parser(
+        "eval", help="score a model on a task's held-out prompts",
+        description="Sample one completion per held-out prompt and report the mean score (with its standard "
+                    "error), the KL to the reference model and distinct-n.")
     add_common_env_args(evaluate)
-    evaluate.add_argument("--n", type=int, default=64, help="number of held-out completions")
+    evaluate.add_argument("--n", type=positive_int, default=64, help="number of held-out completions")
+    evaluate.add_argument("--seed", type=non_negative_int, default=EVAL_SEED,
+                          help="seed of the held-out prompts and their sampling; `textgen-rl train --eval-seed` has "
+                               "the same, so the after figures of a run reproduce")
     evaluate.add_argument("--reference", default=None,
-                          help="reference model of the KL (default: the base recorded in an exported run, else --model)")
+                          help="reference model of the KL (default: the base recorded in an exported run, else "
+                               "--model)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=run_eval)
 
@@ -55,54 +87,93 @@ def _reward_args(spec: str | None) -> tuple[str | None, dict[str, Any] | None]:
     return parse_reward_spec(spec)
 
 
-def _prepare_out(out: str | None, task: str, algo: str) -> Path:
-    path = Path(out) if out else Path("runs") / f"{task}-{algo}-{time.strftime('%Y%m%d-%H%M%S')}"
+def _check_common(args: argparse.Namespace) -> None:
+    """Checks shared by train and eval: cheap (no model is loaded), naming the flag in every message."""
+    from text_envs.errors import TextEnvsError
+    from text_envs.models import check_model_name
+    from text_envs.rewards import get_reward_info
+    from text_envs.tasks import get_task
+
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        get_task(args.task)
+    except TextEnvsError as error:
+        raise CLIError(f"--task {args.task}: {error}") from None
+    for flag, value in (("--model", args.model), ("--reference", getattr(args, "reference", None))):
+        if value is not None:
+            try:
+                check_model_name(value)
+            except TextEnvsError as error:
+                raise CLIError(f"{flag} {value}: {error}") from None
+    name, kwargs = _reward_args(args.reward_model)
+    if name is not None:
+        try:
+            get_reward_info(name)
+        except TextEnvsError as error:
+            raise CLIError(f"--reward-model {args.reward_model}: {error}") from None
+        if name == "learned" and not Path(kwargs["path"]).expanduser().is_dir():
+            raise CLIError(f"--reward-model {args.reward_model}: {kwargs['path']!r} is not a folder (train one with "
+                           "`textgen-rl train-rm`)")
+    from text_envs.devices import resolve_device  # imports torch: after the checks that need none
+
+    try:
+        resolve_device(args.device)
+    except TextEnvsError as error:
+        raise CLIError(f"--device {args.device}: {error}") from None
+
+
+def _check_out(out: str | None, task: str, algo: str) -> Path:
+    """The run folder, checked for writability WITHOUT creating it (it is created once training starts)."""
+    path = Path(out).expanduser() if out else Path("runs") / f"{task}-{algo}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--out {str(path)!r} is a file, not a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    try:  # a probe file in the nearest existing folder: os.access says yes to root even on /proc
+        handle, probe = tempfile.mkstemp(prefix=".textgen-rl-write-test-", dir=parent)
+        os.close(handle)
+        os.unlink(probe)
     except OSError as error:
-        raise CLIError(f"output folder {str(path)!r} is not writable: {error.strerror or error}") from None
+        raise CLIError(f"--out {str(path)!r}: output folder is not writable ({str(parent)!r}: "
+                       f"{error.strerror or error})") from None
     return path
 
 
-def _validate_train(args: argparse.Namespace) -> None:
+def _validate_train(args: argparse.Namespace) -> Path:
     from agents.algorithm_registry import ALGORITHMS
-    from text_envs.tasks import get_task
 
     if args.algo not in ALGORITHMS:
-        raise CLIError(f"unknown algorithm {args.algo!r}; known: {', '.join(ALGORITHMS)}")
-    for name in ("timesteps", "num_envs", "eval_n"):
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    if args.kl_coef < 0:
-        raise CLIError(f"--kl-coef must be >= 0, got {args.kl_coef}")
-    get_task(args.task)
+        raise CLIError(f"--algo {args.algo}: unknown algorithm; known: {', '.join(ALGORITHMS)}")
+    if args.kl_target is not None and ALGORITHMS[args.algo].entropy_for_kl:
+        raise CLIError(f"--kl-target applies to token-ppo and the critic-free algorithms, not to {args.algo}")
+    if args.kl_target is not None and args.kl_coef == 0:
+        raise CLIError("--kl-target adapts the KL coefficient: it needs --kl-coef > 0 (a reference model)")
+    _check_common(args)
+    return _check_out(args.out, args.task, args.algo)
 
 
 def _print_metrics(title: str, result: Any) -> None:
-    print(f"\n{title}: score {result.score_mean:+.4f} (std {result.score_std:.3f}), KL {result.kl_mean:.3f}, "
-          f"distinct-1 {result.distinct_1:.3f}, distinct-2 {result.distinct_2:.3f}, length {result.length_mean:.1f}, "
-          f"n={result.n}")
+    print(f"\n{title}: score {result.score_mean:+.4f} (SE {result.score_se:.3f}, std {result.score_std:.3f}), "
+          f"KL {result.kl_mean:.3f}, distinct-1 {result.distinct_1:.3f}, distinct-2 {result.distinct_2:.3f}, "
+          f"length {result.length_mean:.1f}, n={result.n}")
     for sample in result.samples:
         print(f"  [{sample['score']:+.3f}] {sample['prompt']!r} -> {sample['text']!r}")
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, evaluate before/after, and write the run folder."""
+    out = _validate_train(args)
     from stable_baselines3.common.logger import configure
 
     from agents.algorithm_registry import make_algorithm
     from agents.algos.base import SequenceOnPolicyAlgorithm
-    from agents.callbacks import ObjectiveLogger
+    from agents.callbacks import ObjectiveLogger, with_progress_bar
     from agents.evaluation import EXPORT_METADATA, evaluate_model
     from agents.plotting import plot_reward_curve
+    from text_envs.atomic import write_json_atomic
     from text_envs.models import configure_threads
 
-    _validate_train(args)
-    out = _prepare_out(args.out, args.task, args.algo)
-    configure_threads(args.threads)
+    threads = configure_threads(args.threads)
     reward_model, reward_kwargs = _reward_args(args.reward_model)
     env_kwargs = {"model": args.model, "task": args.task, "reward_model": reward_model,
                   "reward_kwargs": reward_kwargs, "kl_coef": args.kl_coef, "max_new_tokens": args.max_new_tokens,
@@ -110,41 +181,43 @@ def run_train(args: argparse.Namespace) -> int:
     algo = make_algorithm(args.algo, env_kwargs=env_kwargs, num_envs=args.num_envs, model=args.model,
                           seed=args.seed, device=args.device, learning_rate=args.learning_rate,
                           kl_target=args.kl_target)
-    eval_kwargs = {"task": args.task, "n": args.eval_n, "seed": 1234, "env": algo.env.env}
+    eval_kwargs = {"task": args.task, "n": args.eval_n, "seed": args.eval_seed, "env": algo.env.env}
     before = evaluate_model(algo.policy.lm, **eval_kwargs)
     _print_metrics("before training", before)
+    out.mkdir(parents=True, exist_ok=True)
     algo.set_logger(configure(str(out), ["csv", "tensorboard"]))
     started = time.time()
     # sequence algorithms (TokenPPO...) log objective/* themselves; stock SB3 ones get it from a callback
     callback = None if isinstance(algo, SequenceOnPolicyAlgorithm) else ObjectiveLogger()
-    algo.learn(total_timesteps=args.timesteps, progress_bar=True, callback=callback)
+    algo.learn(total_timesteps=args.timesteps, progress_bar=False, callback=with_progress_bar(callback))
     seconds = time.time() - started
+    generated = int(algo.num_timesteps)
     after = evaluate_model(algo.policy.lm, **eval_kwargs)
     _print_metrics("after training", after)
     algo.save(out / "model.zip")
     hf_dir = algo.policy.save_pretrained(out / "hf")
-    (hf_dir / EXPORT_METADATA).write_text(json.dumps({"base_model": args.model, "task": args.task,
-                                                      "algo": args.algo}, indent=2) + "\n")
+    write_json_atomic(hf_dir / EXPORT_METADATA, {"base_model": args.model, "task": args.task, "algo": args.algo})
     plot_reward_curve(out / "progress.csv", out / "reward_curve.png", f"{args.algo} on {args.task} ({args.model})")
-    summary = {"task": args.task, "algo": args.algo, "model": args.model, "timesteps": args.timesteps,
-               "seconds": round(seconds, 1), "tokens_per_second": round(args.timesteps / max(seconds, 1e-9), 1),
-               "before": before.to_dict(), "after": after.to_dict()}
-    (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = {"task": args.task, "algo": args.algo, "model": args.model, "seed": args.seed,
+               "budget": args.timesteps, "timesteps": generated, "seconds": round(seconds, 3),
+               "tokens_per_second": round(generated / max(seconds, 1e-9), 1), "threads": threads,
+               "eval_seed": args.eval_seed, "before": before.to_dict(), "after": after.to_dict()}
+    write_json_atomic(out / "eval.json", summary)
     print(f"\n{'metric':<12}{'before':>10}{'after':>10}")
-    for key in ("score_mean", "kl_mean", "distinct_1", "distinct_2"):
+    for key in ("score_mean", "score_se", "kl_mean", "distinct_1", "distinct_2"):
         print(f"{key:<12}{getattr(before, key):>10.4f}{getattr(after, key):>10.4f}")
-    print(f"\ntrained {args.timesteps} tokens in {seconds:.0f} s; run folder: {out} (model.zip, hf/, progress.csv, "
+    print(f"\ntrained {generated} generated tokens (budget {args.timesteps}) in {seconds:.0f} s "
+          f"({generated / max(seconds, 1e-9):.0f} tokens/s); run folder: {out} (model.zip, hf/, progress.csv, "
           "TensorBoard events, reward_curve.png, eval.json)")
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate a model (alias, path or exported run) on held-out prompts."""
+    _check_common(args)
     from agents.evaluation import evaluate_model
     from text_envs.models import configure_threads
 
-    if args.n < 1:
-        raise CLIError(f"--n must be a positive integer, got {args.n}")
     configure_threads(args.threads)
     reward_model, reward_kwargs = _reward_args(args.reward_model)
     result = evaluate_model(args.model, task=args.task, n=args.n, reference_model=args.reference,

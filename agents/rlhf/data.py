@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from text_envs.atomic import write_bytes_atomic
 from text_envs.errors import ConfigError, FeedbackFormatError
 
 __all__ = [
@@ -381,21 +382,6 @@ def _encode(record: AnyLine | Mapping[str, Any]) -> tuple[AnyLine, bytes]:
     except (TypeError, ValueError) as error:
         raise FeedbackFormatError(f"<record>: not JSON-serialisable ({error})") from None
     return parsed, (line + "\n").encode("utf-8")
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], payload: bytes) -> None:
-    """Write ``payload`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_feedback(path: str | os.PathLike[str], records: Iterable[AnyLine | Mapping[str, Any]]) -> None:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agents.rlhf.data import write_bytes_atomic
+from text_envs.atomic import write_json_atomic
 from text_envs.errors import ConfigError
 
 __all__ = [
@@ -164,10 +164,6 @@ def items_path_for(out: str | os.PathLike[str]) -> Path:
     return out.with_name(out.name + ".items.json")
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    write_bytes_atomic(path, (json.dumps(payload, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
-
-
 def _read_items_file(path: Path) -> tuple[dict[str, Any], list[Generation]]:
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
@@ -204,7 +200,7 @@ def load_or_generate(
             )
         return generations
     generations = generate()
-    _write_json_atomic(
+    write_json_atomic(
         path,
         {
             "format": ITEMS_FORMAT,
@@ -212,6 +208,7 @@ def load_or_generate(
             "settings": wanted,
             "generations": [{"index": g.index, "prompt": g.prompt, "completions": list(g.completions)} for g in generations],
         },
+        indent=1,
     )
     return generations
 

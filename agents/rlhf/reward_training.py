@@ -33,7 +33,6 @@ failed or interrupted run never leaves a half-written folder or clobbers an exis
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import importlib.util
@@ -43,7 +42,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -228,31 +227,16 @@ def resolve_base(base: str) -> str:
     return base
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence the expected 'newly initialized weights: score/classifier' load report."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def load_base(base: str) -> tuple[Any, Any, str]:
     """``(model, tokenizer, resolved)``: a sequence-classification model with a fresh scalar head."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from text_envs.models import quiet_transformers
+
     resolved = resolve_base(base)
     local = Path(resolved).exists()
     try:
-        with _quiet_transformers():
+        with quiet_transformers(errors_only=True):
             tokenizer = AutoTokenizer.from_pretrained(resolved, local_files_only=local)
             model = AutoModelForSequenceClassification.from_pretrained(
                 resolved, num_labels=1, local_files_only=local, ignore_mismatched_sizes=True
@@ -508,13 +492,14 @@ def _metadata(
 
 def _save(model: Any, tokenizer: Any, metadata: dict[str, Any], out: Path, before_save: Callable[[Path], None] | None) -> None:
     """Write the model, tokenizer and metadata to a temporary folder next to ``out``, then swap it in."""
+    from text_envs.models import quiet_transformers
     from text_envs.rewards.learned import METADATA_FILE
 
     _check_out(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         model.to("cpu")
-        with _quiet_transformers():
+        with quiet_transformers(errors_only=True):
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         with open(tmp / METADATA_FILE, "w", encoding="utf-8") as handle:

@@ -23,17 +23,26 @@ def load_tokenizer_and_model(
         import transformers
     except ImportError as exc:  # pragma: no cover - transformers is a core dependency
         raise MissingDependencyError(f"reward {reward!r} needs transformers: pip install transformers") from exc
+    from text_envs.models import check_model_name, quiet_transformers
+
     model_id = os.fspath(model)
     tok_id = os.fspath(tokenizer) if tokenizer is not None else model_id
+    for name in {model_id, tok_id}:
+        try:
+            check_model_name(name)  # a hub id that is unknown, or unreachable and not cached, fails at once
+        except UnknownModelError as error:
+            raise UnknownModelError(f"reward {reward!r}: {error}") from None
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(tok_id, trust_remote_code=False)
+        with quiet_transformers():
+            tok = transformers.AutoTokenizer.from_pretrained(tok_id, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise UnknownModelError(
             f"reward {reward!r}: cannot load a tokenizer from {tok_id!r} (not a local model folder, "
             f"nor a hub id available offline): {exc}"
         ) from exc
     try:
-        net = getattr(transformers, auto_class).from_pretrained(model_id, trust_remote_code=False)
+        with quiet_transformers():
+            net = getattr(transformers, auto_class).from_pretrained(model_id, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise UnknownModelError(
             f"reward {reward!r}: cannot load {auto_class} from {model_id!r} (not a local model folder, "

@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar, Union, runtime_checkable
 
 import numpy as np
 
+from text_envs.devices import resolve_device
 from text_envs.errors import ConfigError, RewardModelError, UnknownRewardModelError
 
 __all__ = [
@@ -115,25 +116,6 @@ def iter_chunks(items: Sequence[Any], batch_size: int) -> Iterator[Sequence[Any]
     """Consecutive slices of ``items`` of at most ``batch_size`` elements."""
     for start in range(0, len(items), batch_size):
         yield items[start : start + batch_size]
-
-
-def resolve_device(device: Any = "auto") -> Any:
-    """Turn ``"auto"`` / ``"cpu"`` / ``"cuda[:i]"`` / a ``torch.device`` into a ``torch.device``.
-
-    ``"auto"`` (or ``None``) picks CUDA when available, else the CPU. Asking for CUDA on a machine
-    without it raises :class:`ConfigError` instead of failing later inside the model.
-    """
-    import torch
-
-    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} was requested but CUDA is not available; use 'auto' or 'cpu'")
-    return dev
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,10 +16,8 @@ On the command line: ``--reward-model learned:rm/`` (see :func:`parse_reward_spe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +38,6 @@ def rm_input_text(prompt: str, completion: str) -> str:
     """The text a learned reward model reads: ``prompt + completion`` (a space is inserted when
     neither side has whitespace at the boundary, as in :func:`~text_envs.rewards.base.join_prompt`)."""
     return join_prompt(prompt, completion)
-
-
-@contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """Hide transformers' "Loading weights" bar while the model loads (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _check_folder(path: Path) -> dict[str, Any]:
@@ -113,8 +97,10 @@ class LearnedReward:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from text_envs.models import quiet_transformers
+
         try:
-            with _no_progress_bars():
+            with quiet_transformers():
                 self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
                 self.model = AutoModelForSequenceClassification.from_pretrained(str(self.path), local_files_only=True)
         except (OSError, ValueError, KeyError) as error:

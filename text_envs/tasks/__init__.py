@@ -16,6 +16,7 @@ Face dataset with :func:`~text_envs.tasks.hf_datasets.load_hf_task` (needs ``pip
 from __future__ import annotations
 
 from text_envs.tasks.base import (
+    DEFAULT_EVAL_SEED,
     SPLITS,
     Task,
     TaskExample,
@@ -33,6 +34,7 @@ from text_envs.tasks.builtin import BUILTIN_TASKS, register_builtin_tasks
 from text_envs.tasks.hf_datasets import load_hf_task
 
 __all__ = [
+    "DEFAULT_EVAL_SEED",
     "SPLITS",
     "Task",
     "TaskExample",

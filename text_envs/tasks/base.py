@@ -43,6 +43,9 @@ from typing import Any
 from text_envs.errors import ConfigError, UnknownTaskError
 
 SPLITS: tuple[str, ...] = ("train", "eval")
+#: Seed with which held-out evaluations choose and sample their ``eval`` prompts by default (``textgen-rl
+#: train``, ``eval`` and ``compare`` all use it, so they report the same figures for the same model).
+DEFAULT_EVAL_SEED: int = 1234
 _JSONL_KEYS = frozenset({"split", "prompt", "targets"})
 #: Rewards with optional ``targets`` that only forward them to sub-rewards needing them.
 _FORWARDS_TARGETS = frozenset({"composite"})
