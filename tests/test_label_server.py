@@ -1,11 +1,12 @@
-"""The labelling server: JSON API, validation (4xx, file untouched), undo/skip, resume, loopback
-only; item generation (seeded, cached); the ``textgen-rl label`` command end to end."""
+"""The labelling server: JSON API, strict validation (4xx, file untouched), Host/Origin checks, undo/skip,
+resume, loopback only; item generation (seeded, cached); the ``textgen-rl label`` command end to end."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -553,3 +554,295 @@ def test_label_command_oracle_bad_input(tmp_path: Path, capsys, extra: list[str]
     assert len(err_lines) == 1 and err_lines[0].startswith("textgen-rl label: error: "), err_lines
     assert message in err_lines[0]
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- strict values and origins
+
+HUGE = "9" * 5000  # over Python's int-string conversion limit (4300 digits)
+
+
+def _error_is_about(got: dict, field: str) -> None:
+    assert f'"{field}"' in got["error"] and got["field"] == field, got
+    assert got["expected"] and got["got"] and len(got["got"]) <= 80, got
+
+
+def _post_raw(client: Client, path: str, text: str) -> tuple[int, dict]:
+    return client.request("POST", path, raw=text.encode("utf-8"))
+
+
+@pytest.mark.parametrize(
+    "choice", ["1.0", "0.0", "1e0", "true", "false", "null", '"1"', "[1]", '{"v": 1}', "-1", "2", HUGE, "-" + HUGE]
+)
+def test_choice_must_be_a_real_int(served, capfd, choice: str) -> None:
+    client, session, out = served
+    assert client.post("/api/answer", {"id": "compare-0-0-1", "choice": 0})[0] == 200
+    before, state_before = out.read_bytes(), session.state()
+    status, got = _post_raw(client, "/api/answer", f'{{"id": "compare-1-0-1", "choice": {choice}}}')
+    assert status == 400, got
+    _error_is_about(got, "choice")
+    assert "0 or 1" in got["expected"]
+    assert out.read_bytes() == before and session.state() == state_before
+    assert client.post("/api/answer", {"id": "compare-1-0-1", "choice": 1})[0] == 200  # still serving
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("item_id", ["5", "1.0", "true", "null", '["compare-0-0-1"]', '{"id": "compare-0-0-1"}', HUGE])
+@pytest.mark.parametrize("path", ["/api/answer", "/api/skip"])
+def test_id_must_be_a_string(served, capfd, path: str, item_id: str) -> None:
+    client, session, out = served
+    before, state_before = out.read_bytes(), session.state()
+    choice = ', "choice": 0' if path == "/api/answer" else ""
+    status, got = _post_raw(client, path, f'{{"id": {item_id}{choice}}}')
+    assert status == 400, got
+    _error_is_about(got, "id")
+    assert out.read_bytes() == before and session.state() == state_before
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_unknown_id_names_the_value_shortened(served) -> None:
+    client, session, out = served
+    for item_id in ("", "x" * 10_000, "compare-0-0-1 "):
+        status, got = client.post("/api/skip", {"id": item_id})
+        assert status == 404 and got["field"] == "id" and "unknown item id" in got["error"], got
+        assert len(got["got"]) <= 80
+    assert out.read_bytes() == b"" and session.state()["done"] == 0
+
+
+def test_rate_and_rank_values_are_strict(tmp_path: Path, capfd) -> None:
+    gens = [Generation(0, "p", ("a", "b", "c"))]
+    for mode, field, good, bads in (
+        ("rate", "score", "5", ["5.0", "2.5", "1e0", "true", "0", "6", "-1", HUGE, '"3"', "null", "[3]"]),
+        ("rank", "order", "[2, 0, 1]", ["[0, 1.0, 2]", "[0, 1, true]", f"[0, 1, {HUGE}]", "[0, 1]", "[0, 1, 2, 3]",
+                                        "[0, 0, 1]", "[0, 1, -1]", "[2.0, 0, 1]", '"012"', "2", "null", "{}"]),
+    ):  # fmt: skip
+        out = tmp_path / f"{mode}.jsonl"
+        with FeedbackWriter(out) as writer:
+            session = LabelSession(build_items(gens, mode), writer, mode=mode)
+            server = LabelServer(session, port=0)
+            client = Client(server.start())
+            item_id = session.state()["item"]["id"]
+            try:
+                for bad in bads:
+                    status, got = _post_raw(client, "/api/answer", f'{{"id": "{item_id}", "{field}": {bad}}}')
+                    assert status == 400, (mode, bad, got)
+                    _error_is_about(got, field)
+                    assert out.read_bytes() == b"" and session.state()["done"] == 0
+                status, _ = _post_raw(client, "/api/answer", f'{{"id": "{item_id}", "{field}": {good}}}')
+                assert status == 200
+            finally:
+                server.stop()
+        assert len(lines(out)) == 1
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"id": "compare-0-0-1", "choice": NaN}', "NaN"),
+        ('{"id": "compare-0-0-1", "choice": Infinity}', "Infinity"),
+        ('{"id": "compare-0-0-1", "choice": -Infinity}', "Infinity"),
+        ('{"id": "compare-0-0-1", "choice": 1, "choice": 0}', "duplicate key"),
+        ("[" * 60_000, "nested too deeply"),
+        ('{"a":' * 5_000 + "1" + "}" * 5_000, "nested too deeply"),
+        ('\ufeff{"id": "compare-0-0-1", "choice": 0}', "malformed JSON"),
+    ],
+)
+def test_malformed_json_variants_are_400(served, capfd, text: str, message: str) -> None:
+    client, session, out = served
+    status, got = _post_raw(client, "/api/answer", text)
+    assert status == 400 and "malformed JSON" in got["error"] and message in got["error"], got
+    assert out.read_bytes() == b"" and session.state()["done"] == 0
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_parse_json_body_bounds_integer_literals() -> None:
+    from agents.rlhf.label_server import MAX_JSON_INT_DIGITS, RequestError, parse_json_body
+
+    assert parse_json_body(b"") == {} and parse_json_body(b" \n") == {}
+    limit = "7" * MAX_JSON_INT_DIGITS
+    assert parse_json_body(f'{{"a": [{limit}, -{limit}, -0]}}'.encode()) == {"a": [int(limit), -int(limit), 0]}
+    (value,) = parse_json_body(f"[{HUGE}]".encode())
+    assert not isinstance(value, int) and "5000 digits" in value.describe()
+    with pytest.raises(RequestError) as info:
+        parse_json_body(b"[1, 2")
+    assert info.value.status == 400
+
+
+def _raw_get(port: int, path: str, headers: dict[str, str], method: str = "GET", body: bytes | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def _port(client: Client) -> int:
+    return int(client.base.rsplit(":", 1)[1])
+
+
+FOREIGN_ORIGINS = [
+    "http://evil.example",
+    "https://127.0.0.1:{port}",
+    "http://127.0.0.1:{other}",
+    "http://127.0.0.1",
+    "http://localhost.evil.example:{port}",
+    "http://127.0.0.1:{port}.evil.example",
+    "null",
+    "",
+]
+
+
+@pytest.mark.parametrize("origin", FOREIGN_ORIGINS)
+def test_foreign_origin_is_refused_on_every_api_route(served, origin: str) -> None:
+    client, session, out = served
+    port = _port(client)
+    origin = origin.format(port=port, other=port + 1 if port < 65535 else port - 1)
+    base = {"Host": f"127.0.0.1:{port}", "Origin": origin}
+    body = json.dumps({"id": "compare-0-0-1", "choice": 0}).encode()
+    requests = [
+        ("GET", "/api/state", None),
+        ("HEAD", "/api/state", None),
+        ("POST", "/api/answer", body),
+        ("POST", "/api/skip", json.dumps({"id": "compare-0-0-1"}).encode()),
+        ("POST", "/api/undo", b"{}"),
+        ("OPTIONS", "/api/answer", None),
+    ]
+    for method, path, data in requests:
+        headers = dict(base, **({"Content-Type": "application/json"} if data is not None else {}))
+        status, reply_headers, reply = _raw_get(port, path, headers, method, data)
+        assert status == 403, (method, path, origin, reply)
+        assert not any(name.lower().startswith("access-control-") for name in reply_headers)
+        if method != "HEAD":
+            assert "Origin" in json.loads(reply)["error"]
+    assert out.read_bytes() == b"" and session.state()["done"] == 0
+    # the static page itself stays readable (it holds no data); the API does not
+    status, _, page = _raw_get(port, "/", base)
+    assert status == 200 and b"<html" in page.lower()
+
+
+@pytest.mark.parametrize("name", ["127.0.0.1", "localhost", "[::1]", "LOCALHOST"])
+def test_own_origin_is_accepted(served, name: str) -> None:
+    client, _, out = served
+    port = _port(client)
+    headers = {"Host": f"127.0.0.1:{port}", "Origin": f"http://{name}:{port}"}
+    status, reply_headers, reply = _raw_get(port, "/api/state", headers)
+    assert status == 200 and json.loads(reply)["done"] == 0
+    assert not any(name.lower().startswith("access-control-") for name in reply_headers)
+    headers["Content-Type"] = "application/json"
+    status, _, reply = _raw_get(port, "/api/answer", headers, "POST", b'{"id": "compare-0-0-1", "choice": 1}')
+    assert status == 200 and json.loads(reply)["done"] == 1
+    assert len(lines(out)) == 1
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "127.0.0.2:{port}", "", "[::2]:{port}"])
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/api/state"])
+def test_foreign_host_is_refused_on_pages_and_api(served, host: str, path: str) -> None:
+    client, _, _ = served
+    port = _port(client)
+    status, _, reply = _raw_get(port, path, {"Host": host.format(port=port)})
+    assert status == 403 and "Host" in json.loads(reply)["error"]
+
+
+def test_other_methods_are_405_without_cors(served) -> None:
+    client, session, out = served
+    port = _port(client)
+    for method in ("PUT", "DELETE", "PATCH", "OPTIONS"):
+        status, headers, reply = _raw_get(port, "/api/answer", {"Host": f"127.0.0.1:{port}"}, method, b"{}")
+        assert status == 405 and headers["Allow"] == "GET, HEAD, POST" and "not allowed" in json.loads(reply)["error"]
+        assert not any(name.lower().startswith("access-control-") for name in headers)
+    assert out.read_bytes() == b"" and session.state()["done"] == 0
+
+
+@pytest.mark.parametrize(
+    ("length_headers", "status"),
+    [
+        (["1_0"], 400),
+        (["+10"], 400),
+        (["1e1"], 400),
+        (["-1"], 400),
+        (["\u00b2"], 400),  # a Unicode digit: str.isdigit() is true, int() fails
+        (["9" * 40], 400),
+        (["10", "12"], 400),  # conflicting headers
+    ],
+)
+@pytest.mark.parametrize("path", ["/api/answer", "/api/nothing"])
+def test_content_length_must_be_a_plain_bounded_number(
+    served, capfd, path: str, length_headers: list[str], status: int
+) -> None:
+    client, session, out = served
+    port = _port(client)
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+    head += "".join(f"Content-Length: {value}\r\n" for value in length_headers) + "\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode("latin-1") + b'{"id": "compare-0-0-1", "choice": 0}')
+        reply = _read_all(sock)
+    expected = 404 if path == "/api/nothing" else status
+    assert reply.startswith(f"HTTP/1.0 {expected} ".encode()), reply[:200]
+    assert b'"error"' in reply
+    assert out.read_bytes() == b"" and session.state()["done"] == 0
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_transfer_encoding_is_refused(served) -> None:
+    client, _, out = served
+    port = _port(client)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            f"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n5\r\n{}   \r\n0\r\n\r\n".encode()
+        )
+        reply = _read_all(sock)
+    assert reply.startswith(b"HTTP/1.0 411 ") and b"Transfer-Encoding" in reply
+    assert out.read_bytes() == b""
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_server_settings_are_validated(tmp_path: Path) -> None:
+    with FeedbackWriter(tmp_path / "fb.jsonl") as writer:
+        session = LabelSession(build_items(GENERATIONS, "compare"), writer)
+        for bad in (0, -1, float("nan"), float("inf"), True, "5"):
+            with pytest.raises(ConfigError, match="request_timeout"):
+                LabelServer(session, port=0, request_timeout=bad)
+        with pytest.raises(ConfigError, match="port"):
+            LabelServer(session, port=True)
+
+
+@pytest.mark.parametrize(
+    ("site", "status"), [("cross-site", 403), ("same-site", 403), ("same-origin", 200), ("none", 200)]
+)
+def test_sec_fetch_site_is_checked_without_origin(served, site: str, status: int) -> None:
+    client, _, _ = served
+    port = _port(client)
+    got, _, reply = _raw_get(port, "/api/state", {"Host": f"127.0.0.1:{port}", "Sec-Fetch-Site": site})
+    assert got == status, reply
+    if status == 403:
+        assert "Sec-Fetch-Site" in json.loads(reply)["error"]
+    assert _raw_get(port, "/", {"Host": f"127.0.0.1:{port}", "Sec-Fetch-Site": site})[0] == 200  # pages stay readable
+
+
+def test_session_api_rejects_non_int_values_without_crashing(tmp_path: Path) -> None:
+    """The Python API (used by the oracle) validates like HTTP: a RequestError, never a TypeError."""
+    from agents.rlhf.label_server import RequestError
+
+    out = tmp_path / "fb.jsonl"
+    with FeedbackWriter(out) as writer:
+        session = LabelSession(build_items(GENERATIONS, "compare"), writer)
+        for bad in (1.0, 0.0, True, 10**5000, complex(1, 0), (1,)):
+            with pytest.raises(RequestError) as info:
+                session.answer({"id": "compare-0-0-1", "choice": bad})
+            assert info.value.status == 400 and info.value.field == "choice" and len(info.value.got) <= 80
+        for bad_id in (0, None, 10**5000, ("compare-0-0-1",)):
+            with pytest.raises(RequestError) as info:
+                session.skip({"id": bad_id})
+            assert info.value.status == 400 and info.value.field == "id"
+        assert session.state()["done"] == 0
+        session.answer({"id": "compare-0-0-1", "choice": 1})
+    assert [row["id"] for row in lines(out)] == ["compare-0-0-1"]
