@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -133,6 +134,14 @@ class SequenceRolloutBuffer:
         """Indices into :attr:`episodes` of each complete group (``[[0..k-1], [k..2k-1], ...]``)."""
         k = self.group_size
         return [list(range(start, start + k)) for start in range(0, len(self.episodes), k)]
+
+    def get_state(self) -> dict[str, Any]:
+        """The episodes carried over to the next rollout (running ones and incomplete groups)."""
+        return {"running": copy.deepcopy(self.running), "pending": copy.deepcopy(self.pending)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_state`'s result (call it between rollouts)."""
+        self.running, self.pending = copy.deepcopy(state["running"]), copy.deepcopy(state["pending"])
 
     def discard_running(self) -> None:
         """Forget in-progress episodes and incomplete groups (e.g. after the env was reset)."""

@@ -18,10 +18,22 @@ class ObjectiveLogger(BaseCallback):
     ``log_probs`` and the env's ``kl_ref_logprob_sum``.
     """
 
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self._initial_state = state
+
     def _on_training_start(self) -> None:
         self._logp_sums = np.zeros(self.training_env.num_envs)
         self._scores: list[float] = []
         self._kls: list[float] = []
+        if self._initial_state is not None:  # a resumed run: the sums of the episodes still running
+            self._logp_sums = np.array(self._initial_state["logp_sums"], dtype=float)
+            self._scores, self._kls = list(self._initial_state["scores"]), list(self._initial_state["kls"])
+            self._initial_state = None
+
+    def get_state(self) -> dict[str, Any]:
+        """What a checkpoint must keep: the log-prob sums of running episodes, the rollout's scores so far."""
+        return {"logp_sums": self._logp_sums.tolist(), "scores": list(self._scores), "kls": list(self._kls)}
 
     def _on_step(self) -> bool:
         log_probs = self.locals.get("log_probs")

@@ -20,10 +20,12 @@ Example::
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,16 +109,22 @@ class _EvalCheckpoints(BaseCallback):
 
 def run_one(task: str, algo: str, seed: int, timesteps: int, model: str = "tiny", num_envs: int = 8,
             eval_n: int = 32, kl_coef: float = 0.05, device: str = "auto",
-            hyperparams: dict[str, Any] | None = None) -> dict[str, Any]:
+            hyperparams: dict[str, Any] | None = None, run_dir: Path | None = None,
+            checkpoint_every: int = 0) -> dict[str, Any]:
     """Train ``algo`` on ``task`` for ``timesteps`` generated tokens and evaluate it along the way.
 
     Returns a JSON-ready record: ``task, algo, seed, timesteps`` (tokens actually generated),
     ``score_mean, score_std, kl_mean`` (final evaluation), ``curve`` (list of ``{tokens, score_mean,
     kl_mean}``), ``wall_time_s`` (training and evaluations), ``train_time_s``, ``tokens_per_s``
     (generated tokens per second of training).
+
+    With ``run_dir`` and ``checkpoint_every > 0`` the run checkpoints itself there every
+    ``checkpoint_every`` updates (curve so far included) and, called again after being killed,
+    continues from its last checkpoint to the same result.
     """
     import torch
 
+    from agents.checkpoint import CheckpointCallback, has_checkpoint, load_checkpoint
     from agents.evaluation import evaluate_model
     from text_envs.vector_env import TextGenVectorEnv
 
@@ -130,7 +138,7 @@ def run_one(task: str, algo: str, seed: int, timesteps: int, model: str = "tiny"
     # middle of training never resets the training env
     eval_env = TextGenVectorEnv(num_envs=min(num_envs, eval_n), model=model, task=task, kl_coef=1.0, device=device)
     curve: list[dict[str, float]] = []
-    eval_time = [0.0]
+    spent = {"eval": 0.0, "wall": 0.0}  # seconds spent before this call (a resumed run) are added at the end
 
     def evaluate(tokens: int) -> None:
         t0 = time.perf_counter()
@@ -141,22 +149,61 @@ def run_one(task: str, algo: str, seed: int, timesteps: int, model: str = "tiny"
         lm.train(was_training)
         curve.append({"tokens": int(tokens), "score_mean": result.score_mean, "score_std": result.score_std,
                       "kl_mean": result.kl_mean})
-        eval_time[0] += time.perf_counter() - t0
+        spent["eval"] += time.perf_counter() - t0
 
-    evaluate(0)
-    checkpoints = [int(round(f * timesteps)) for f in CHECKPOINTS if 0 < f < 1]
-    agent.learn(timesteps, callback=_EvalCheckpoints(evaluate, checkpoints))
+    evaluations = _EvalCheckpoints(evaluate, [int(round(f * timesteps)) for f in CHECKPOINTS if 0 < f < 1])
+    callbacks: list[BaseCallback] = [evaluations]
+    resumed = run_dir is not None and has_checkpoint(run_dir)
+    iterations = 0
+    if resumed:
+        extra = load_checkpoint(agent, run_dir)
+        curve.extend(extra["curve"])
+        evaluations.pending = list(extra["pending"])
+        spent.update(eval=float(extra["eval_time"]), wall=float(extra["wall_time"]))
+        iterations = int(extra["iterations"])
+    else:
+        evaluate(0)
+    if run_dir is not None and checkpoint_every:
+        callbacks.append(CheckpointCallback(run_dir, checkpoint_every, lambda: {
+            "curve": list(curve), "pending": list(evaluations.pending), "eval_time": spent["eval"],
+            "wall_time": spent["wall"] + time.perf_counter() - start}, iterations))
+    if timesteps > agent.num_timesteps:
+        agent.learn(timesteps - int(agent.num_timesteps), callback=callbacks, reset_num_timesteps=not resumed)
     evaluate(agent.num_timesteps)
     agent.env.close()
     eval_env.close()
-    wall = time.perf_counter() - start
-    train_time = max(wall - eval_time[0], 1e-9)
+    wall = spent["wall"] + time.perf_counter() - start
+    train_time = max(wall - spent["eval"], 1e-9)
     final = curve[-1]
     return {"task": task, "algo": algo, "seed": seed, "timesteps": int(agent.num_timesteps), "budget": timesteps,
             "score_mean": final["score_mean"], "score_std": final["score_std"], "kl_mean": final["kl_mean"],
             "initial_score_mean": curve[0]["score_mean"], "curve": curve, "wall_time_s": wall,
             "train_time_s": train_time, "tokens_per_s": agent.num_timesteps / train_time, "model": str(model),
-            "num_envs": num_envs, "eval_n": eval_n, "kl_coef": kl_coef}
+            "num_envs": num_envs, "eval_n": eval_n, "kl_coef": kl_coef, "resumed": resumed}
+
+
+def run_config(task: str, algo: str, seed: int, timesteps: int, model: str, num_envs: int, eval_n: int,
+               kl_coef: float, device: str, hyperparams: dict[str, Any] | None) -> dict[str, Any]:
+    """Everything that determines a run's result: what its cache key is made of."""
+    import torch
+
+    from text_envs import __version__
+    from text_envs.devices import resolve_device
+    from text_envs.tasks import DEFAULT_EVAL_SEED
+
+    spec = get_algo_spec(algo)
+    model_path = Path(model).expanduser()
+    return {"task": task, "algo": algo, "seed": seed, "timesteps": timesteps,
+            "model": str(model_path.resolve()) if model_path.exists() else str(model), "num_envs": num_envs,
+            "eval_n": eval_n, "eval_seed": DEFAULT_EVAL_SEED, "eval_points": list(CHECKPOINTS), "kl_coef": kl_coef,
+            "device": resolve_device(device).type, "threads": torch.get_num_threads(),
+            "hyperparams": {**spec.defaults, **(hyperparams or {})}, "version": __version__}
+
+
+def run_key(config: dict[str, Any]) -> str:
+    """The file stem of a run: readable names plus a hash of its whole configuration."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{config['task']}__{config['algo']}__seed{config['seed']}__{digest}"
 
 
 # --------------------------------------------------------------------------------------------- compare
@@ -168,6 +215,7 @@ class CompareResult:
     :param summary: one row per task x algorithm: ``task, algo, n_seeds, score_mean, ci_low, ci_high,
         kl_mean, initial_score_mean, tokens, tokens_per_s, best``.
     :param out: the output folder; ``results_csv``, ``summary_md``, ``curves_png`` its files.
+    :param counts: how many runs were reused from the cache, resumed from a checkpoint, trained from scratch.
     """
 
     runs: list[dict[str, Any]]
@@ -176,6 +224,7 @@ class CompareResult:
     results_csv: Path
     summary_md: Path
     curves_png: Path | None
+    counts: dict[str, int] = field(default_factory=dict)  # runs "reused" from the cache, "resumed", "trained"
 
     @property
     def summary_markdown(self) -> str:
@@ -212,8 +261,9 @@ def summarize(runs: list[dict[str, Any]], confidence: float = 0.95) -> list[dict
     return rows
 
 
-def summary_markdown(rows: list[dict[str, Any]], timesteps: int, confidence: float = 0.95) -> str:
-    """The markdown table of :func:`summarize`'s rows."""
+def summary_markdown(rows: list[dict[str, Any]], timesteps: int, counts: dict[str, int] | None = None,
+                     confidence: float = 0.95) -> str:
+    """The markdown table of :func:`summarize`'s rows (and, with ``counts``, how many runs were reused)."""
     lines = [f"Final held-out score after {timesteps} generated tokens: mean across seeds "
              f"[{int(confidence * 100)}% bootstrap CI]; best per task in bold. `tokens`: generated tokens "
              "actually used (a run ends with a whole rollout, so it may pass the budget); `KL`: sampled "
@@ -228,6 +278,9 @@ def summary_markdown(rows: list[dict[str, Any]], timesteps: int, confidence: flo
         lines.append(f"| {row['task']} | {row['algo']} | {row['n_seeds']} | {score} | "
                      f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}] | {row['initial_score_mean']:.3f} | "
                      f"{row['kl_mean']:.3f} | {row['tokens']:.0f} | {row['tokens_per_s']:.0f} |")
+    if counts is not None:
+        lines += ["", f"Runs: {counts.get('trained', 0)} trained, {counts.get('resumed', 0)} resumed from a "
+                      f"checkpoint, {counts.get('reused', 0)} reused from the cache (same configuration)."]
     return "\n".join(lines) + "\n"
 
 
@@ -271,15 +324,18 @@ def compare(tasks: str | Sequence[str] = ("sentiment",), algos: str | Sequence[s
             seeds: int | Sequence[int] = 3, timesteps: int = 4096, out: str | Path = "runs/compare",
             model: str = "tiny", num_envs: int = 8, eval_n: int = 32, kl_coef: float = 0.05, device: str = "auto",
             hyperparams: dict[str, dict[str, Any]] | None = None, progress: bool = True,
-            plot: bool = True) -> CompareResult:
+            plot: bool = True, checkpoint_every: int = 10) -> CompareResult:
     """Run every task x algorithm x seed with the same budget of generated tokens and summarise.
 
     :param tasks: task names (list or comma-separated string).
     :param algos: algorithm names (keys of :data:`ALGORITHMS`; list or comma-separated string).
     :param seeds: number of seeds (``0..seeds-1``) or the seeds themselves.
     :param timesteps: budget in generated tokens per run.
-    :param out: output folder (created). Runs whose ``runs/<task>__<algo>__seed<k>.json`` exists are
-        not redone, so an interrupted comparison resumes where it stopped.
+    :param out: output folder (created). A finished run is cached in ``runs/<key>.json``, ``<key>`` being
+        ``<task>__<algo>__seed<k>__<hash>`` where the hash covers the run's whole configuration
+        (:func:`run_config`: budget, model, every hyperparameter, evaluation settings, threads, package
+        version): rerunning with the same settings reuses it, changed settings rerun it. An unfinished
+        run continues from its checkpoint in ``runs/<key>/``, so a killed comparison resumes mid-run.
     :param model: model alias or path, shared by policy, reference and evaluation.
     :param num_envs: parallel episodes per run (a multiple of the grouped algorithms' group size).
     :param eval_n: held-out prompts per evaluation (the same for every run: the default evaluation seed).
@@ -288,6 +344,7 @@ def compare(tasks: str | Sequence[str] = ("sentiment",), algos: str | Sequence[s
     :param hyperparams: per-algorithm overrides, e.g. ``{"grpo": {"learning_rate": 1e-4}}``.
     :param progress: show a tqdm bar over runs and one line per finished run.
     :param plot: write ``curves.png``.
+    :param checkpoint_every: updates between the checkpoints of each run (0: none).
     :raises ConfigError: unknown algorithm, bad budget, ``num_envs`` not divisible by a group size.
     """
     from text_envs.tasks import get_task
@@ -314,6 +371,7 @@ def compare(tasks: str | Sequence[str] = ("sentiment",), algos: str | Sequence[s
     runs_dir.mkdir(parents=True, exist_ok=True)
     plan = [(t, a, s) for t in task_names for a in algo_names for s in seed_list]
     records: list[dict[str, Any]] = []
+    counts = {"reused": 0, "resumed": 0, "trained": 0}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -321,15 +379,22 @@ def compare(tasks: str | Sequence[str] = ("sentiment",), algos: str | Sequence[s
         bar = tqdm(total=len(plan), desc="compare", unit="run")
     try:
         for task, algo, seed in plan:
-            path = runs_dir / f"{task}__{algo}__seed{seed}.json"
+            config = run_config(task, algo, seed, timesteps, model, num_envs, eval_n, kl_coef, device,
+                                hyperparams.get(algo))
+            key = run_key(config)
+            path = runs_dir / f"{key}.json"
             if path.is_file():
                 record = json.loads(path.read_text())
-                status = "cached"
+                status = "reused"
             else:
                 record = run_one(task, algo, seed, timesteps, model=model, num_envs=num_envs, eval_n=eval_n,
-                                 kl_coef=kl_coef, device=device, hyperparams=hyperparams.get(algo))
+                                 kl_coef=kl_coef, device=device, hyperparams=hyperparams.get(algo),
+                                 run_dir=runs_dir / key, checkpoint_every=checkpoint_every)
+                record["config"] = config
                 write_json_atomic(path, record)
-                status = f"{record['wall_time_s']:.0f}s"
+                shutil.rmtree(runs_dir / key, ignore_errors=True)  # its checkpoint: the record replaces it
+                status = "resumed" if record.get("resumed") else "trained"
+            counts[status] += 1
             records.append(record)
             if bar is not None:
                 bar.update(1)
@@ -339,6 +404,7 @@ def compare(tasks: str | Sequence[str] = ("sentiment",), algos: str | Sequence[s
     finally:
         if bar is not None:
             bar.close()
+    write_json_atomic(out / "runs.json", records)
     results_csv = out / "results.csv"
     with atomic_path(results_csv) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
@@ -346,7 +412,7 @@ def compare(tasks: str | Sequence[str] = ("sentiment",), algos: str | Sequence[s
         writer.writerows(records)
     rows = summarize(records)
     summary_md = out / "summary.md"
-    write_text_atomic(summary_md, summary_markdown(rows, timesteps))
+    write_text_atomic(summary_md, summary_markdown(rows, timesteps, counts))
     curves = plot_curves(records, out / "curves.png") if plot else None
     return CompareResult(runs=records, summary=rows, out=out, results_csv=results_csv, summary_md=summary_md,
-                         curves_png=curves)
+                         curves_png=curves, counts=counts)

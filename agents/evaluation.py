@@ -88,9 +88,14 @@ def _sample_rows(probs: torch.Tensor, generators: list[torch.Generator]) -> torc
 
 @torch.no_grad()
 def _sample_batch(lm: PreTrainedModel, env: TextGenVectorEnv, prompts: list[str], temperature: float,
-                  generators: list[torch.Generator]) -> tuple[list[dict[str, Any]], list[float]]:
-    """Run one episode per prompt; returns the final infos and the summed log pi of each completion."""
-    obs, _ = env.reset(options={"prompts": prompts})
+                  generators: list[torch.Generator], seed: int) -> tuple[list[dict[str, Any]], list[float]]:
+    """Run one episode per prompt; returns the final infos and the summed log pi of each completion.
+
+    The env is reset with ``seed``: the prompts of the episodes it starts in slots that finish early
+    (ignored, but batched with the others) are then the same whatever the env did before, so the
+    batched forwards, hence the results, are bit-identical from one evaluation to the next.
+    """
+    obs, _ = env.reset(seed=seed, options={"prompts": prompts})
     stepper = BatchedLMStepper(lm, env.num_envs, int(env.tokenizer.pad_token_id))
     device = stepper.device
     real = [obs["input_ids"][i][obs["attention_mask"][i].astype(bool)].tolist() for i in range(env.num_envs)]
@@ -149,7 +154,8 @@ def evaluate_model(model: str | Path | PreTrainedModel, task: str | Task = "sent
     for start in range(0, n, env.num_envs):
         chunk = prompts[start:start + env.num_envs]
         chunk = chunk + [chunk[-1]] * (env.num_envs - len(chunk))
-        finals, logp = _sample_batch(lm, env, chunk, temperature, _episode_generators(seed, start, env.num_envs))
+        finals, logp = _sample_batch(lm, env, chunk, temperature, _episode_generators(seed, start, env.num_envs),
+                                     seed + start)
         keep = min(env.num_envs, n - start)
         infos.extend(finals[:keep])
         logps.extend(logp[:keep])

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from text_envs.atomic import atomic_path  # noqa: E402
+
 
 def read_progress(path: str | Path, x_key: str, y_keys: tuple[str, ...]) -> dict[str, list[tuple[float, float]]]:
     """Points ``(x, y)`` of each ``y_key`` from an SB3 ``progress.csv`` (rows where the key is empty are skipped)."""
@@ -35,6 +37,7 @@ def plot_reward_curve(progress_csv: str | Path, out_png: str | Path, title: str 
         axis.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    with atomic_path(out_png) as temporary:
+        fig.savefig(temporary, dpi=110)
     plt.close(fig)
     return Path(out_png)

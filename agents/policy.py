@@ -31,7 +31,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
 from agents.rl_math import process_logits
-from text_envs.errors import ConfigError
+from text_envs.errors import ConfigError, InvalidObservationError
 from text_envs.lm_stepper import BatchedLMStepper, positions_from_mask
 from text_envs.models import check_vocabulary, load_model, load_tokenizer, quiet_transformers
 
@@ -49,12 +49,26 @@ class LMOutput(NamedTuple):
     values: torch.Tensor  # (B,) or (B, T)
 
 
-def _as_token_tensors(obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
-    """``input_ids`` and ``attention_mask`` of an observation batch as int64 ``(B, L)``."""
+def _as_token_tensors(obs: PyTorchObs, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of an observation batch as int64 ``(B, L)``, checked: integer ids in
+    ``0 .. vocab_size - 1`` and a 0/1 mask (e.g. ``VecNormalize(norm_obs=True)`` turns ids into floats)."""
     if not isinstance(obs, dict) or "input_ids" not in obs or "attention_mask" not in obs:
         raise ConfigError("TransformerPolicy needs Dict observations with 'input_ids' and 'attention_mask' "
                           "(the TextGen-v0 observation space)")
-    return obs["input_ids"].long(), obs["attention_mask"].long()
+    ids, mask = obs["input_ids"], obs["attention_mask"]
+    if ids.shape != mask.shape or ids.dim() != 2:
+        raise InvalidObservationError(f"input_ids and attention_mask must both be (batch, length), got "
+                                      f"{tuple(ids.shape)} and {tuple(mask.shape)}")
+    for name, tensor, high in (("input_ids", ids, vocab_size - 1), ("attention_mask", mask, 1)):
+        if tensor.numel() == 0:
+            continue
+        if tensor.is_floating_point() and not bool((tensor == tensor.round()).all()):
+            raise InvalidObservationError(f"{name} must hold integers, got non-integer values (normalised "
+                                          "observations? token ids must reach the policy unchanged)")
+        low_value, high_value = int(tensor.min()), int(tensor.max())
+        if low_value < 0 or high_value > high:
+            raise InvalidObservationError(f"{name} must lie in 0..{high}, got values in {low_value}..{high_value}")
+    return ids.long(), mask.long()
 
 
 def _trim_left_padding(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,7 +175,7 @@ class TransformerPolicyCore:
 
     def lm_forward(self, obs: PyTorchObs) -> LMOutput:
         """Logits ``(B, V)`` and values ``(B,)`` of the last real token, with one uncached forward."""
-        ids, mask = _trim_left_padding(*_as_token_tensors(obs))
+        ids, mask = _trim_left_padding(*_as_token_tensors(obs, self.action_space.n))
         logits, hidden = self._trunk(ids, mask, keep=1)
         return LMOutput(logits[:, -1], self.value_head(hidden[:, -1]).squeeze(-1))
 
@@ -186,7 +200,7 @@ class TransformerPolicyCore:
     def _cached_forward(self, obs: PyTorchObs, last_actions: torch.Tensor | None) -> LMOutput:
         """Like :meth:`lm_forward`, reusing each slot's KV cache when its observation extends the previous
         one by exactly ``last_actions[slot]``."""
-        ids, mask = _as_token_tensors(obs)
+        ids, mask = _as_token_tensors(obs, self.action_space.n)
         batch = ids.shape[0]
         if self._stepper is None or self._stepper.batch_size != batch or self.value_model is not None:
             self._stepper = BatchedLMStepper(self.lm, batch, int(self.tokenizer.pad_token_id), output_hidden=True)

@@ -66,7 +66,7 @@ class TextGenVecEnv(VecEnv):
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.asarray(actions).reshape(self.num_envs)
+        self._actions = actions  # validated by the env (shape (num_envs,), integer ids in the vocabulary)
 
     def step_wait(self) -> VecEnvStepReturn:
         obs, rewards, terminated, truncated, info = self.env.step(self._actions)
@@ -83,6 +83,18 @@ class TextGenVecEnv(VecEnv):
             self._returns[i] = 0
             self._lengths[i] = 0
         return obs, rewards.astype(np.float32), terminated | truncated, infos
+
+    def get_state(self) -> dict[str, Any]:
+        """The batched env's state plus this adapter's episode returns and lengths (for checkpoints)."""
+        return {"env": self.env.get_state(), "returns": self._returns.copy(), "lengths": self._lengths.copy(),
+                "reset_options": dict(self.reset_options)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_state`'s result."""
+        self.env.set_state(state["env"])
+        self._returns, self._lengths = state["returns"].copy(), state["lengths"].copy()
+        self.reset_options = dict(state["reset_options"])
+        self._reset_seeds()  # seeds given since (SB3 seeds at construction) were for a reset that happened long ago
 
     def action_masks(self) -> np.ndarray:
         """``(num_envs, vocab_size)`` boolean masks from the reference model's top-k / top-p (NLPO-style)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -65,3 +66,13 @@ def test_help(script):
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), "--help"], capture_output=True,
                           text=True, cwd=str(REPO_ROOT), timeout=120)
     assert proc.returncode == 0 and "--threads" in proc.stdout and "--repeats" in proc.stdout
+
+
+def test_soak_benchmark(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "soak.py"), "--minutes", "0.1",
+                           "--num-envs", "4", "--sample-seconds", "1", "--json", str(tmp_path / "soak.json")],
+                          capture_output=True, text=True, cwd=str(REPO_ROOT), timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = json.loads((tmp_path / "soak.json").read_text())
+    assert result["steps"] > 0 and result["rejected_calls"] > 0 and len(result["samples"]) >= 3
+    assert "growth after warm-up" in proc.stdout

@@ -84,16 +84,36 @@ def test_compare_writes_files_and_resumes(tiny_gpt2_dir, tmp_path, monkeypatch):
     assert "| sentiment | token-ppo | 2 |" in summary and summary.count("**") == 2
     assert sum(r["best"] for r in result.summary) == 1
 
+    assert result.counts == {"trained": 4, "resumed": 0, "reused": 0}
+    assert "4 trained, 0 resumed from a checkpoint, 0 reused" in summary
+
     # a second call reruns nothing
     calls = []
     real_run_one = cmp.run_one
     monkeypatch.setattr(cmp, "run_one", lambda *a, **k: calls.append(a) or real_run_one(*a, **k))
     again = cmp.compare(**kwargs)
     assert calls == [] and [r["score_mean"] for r in again.runs] == [r["score_mean"] for r in result.runs]
+    assert again.counts == {"trained": 0, "resumed": 0, "reused": 4}
 
     # an interrupted run (no result JSON, a stale temp file) is redone, and only that one
-    (out / "runs" / "sentiment__grpo__seed1.json").unlink()
-    (out / "runs" / ".sentiment__grpo__seed1.json.999.tmp").write_text("{partial")
+    grpo_1 = next((out / "runs").glob("sentiment__grpo__seed1__*.json"))
+    grpo_1.unlink()
+    (out / "runs" / f".{grpo_1.name}.tmp-999").write_text("{partial")
     cmp.compare(**kwargs)
     assert [(a[1], a[2]) for a in calls] == [("grpo", 1)]
-    assert (out / "runs" / "sentiment__grpo__seed1.json").is_file()
+    assert grpo_1.is_file()
+
+
+def test_compare_cache_is_keyed_by_the_whole_configuration(tiny_gpt2_dir, tmp_path, monkeypatch):
+    """Changed settings rerun the runs (never stale results under new labels); unchanged ones are reused."""
+    kwargs = dict(tasks=["sentiment"], algos="token-ppo", seeds=1, timesteps=64, out=tmp_path / "cmp",
+                  model=str(tiny_gpt2_dir), num_envs=4, eval_n=4, device="cpu", hyperparams={"token-ppo": FAST},
+                  progress=False, plot=False)
+    first = cmp.compare(**kwargs)
+    for change in ({"timesteps": 96}, {"kl_coef": 0.1}, {"eval_n": 6},
+                   {"hyperparams": {"token-ppo": {**FAST, "learning_rate": 3e-4}}}):
+        result = cmp.compare(**{**kwargs, **change})
+        assert result.counts["trained"] == 1, change
+        assert result.runs[0]["config"] != first.runs[0]["config"]
+    assert cmp.compare(**kwargs).counts == {"trained": 0, "resumed": 0, "reused": 1}
+    assert len(list((tmp_path / "cmp" / "runs").glob("*.json"))) == 5

@@ -13,6 +13,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from transformers import GPT2LMHeadModel
 
 import text_envs  # noqa: F401
+from text_envs.env import TextGenEnv
 from text_envs.episode_batch import PromptTruncatedWarning
 from text_envs.errors import (ConfigError, EpisodeFinishedError, InvalidActionError, InvalidPromptError,
                               RewardModelError)
@@ -123,12 +124,20 @@ def test_eval_split_and_determinism(tiny_gpt2_dir):
     assert trajectory(3) != trajectory(4)
 
 
-def test_render_ansi(tiny_gpt2_dir):
+def test_render_ansi_and_rgb_array(tiny_gpt2_dir):
     env = make_env(tiny_gpt2_dir, render_mode="ansi")
     env.reset(options={"prompt": "Hello there"})
     assert env.render().startswith("Hello there")
-    with pytest.raises(ConfigError):
-        make_env(tiny_gpt2_dir, render_mode="human")
+    image_env = make_env(tiny_gpt2_dir, render_mode="rgb_array")
+    image_env.reset(options={"prompt": "Hello there"})
+    blank = image_env.render()
+    image_env.step(5)
+    image = image_env.render()
+    assert image.shape == (256, 512, 3) and image.dtype == np.uint8
+    assert (image < 128).any(), "text is drawn"
+    with pytest.raises(ConfigError, match="render_mode"):
+        TextGenEnv(model=str(tiny_gpt2_dir), render_mode="banana")
+    assert blank.shape == image.shape
 
 
 def test_kl_coef_zero_loads_no_reference(tiny_gpt2_dir):

@@ -363,6 +363,33 @@ def test_train_rm_command(tmp_path: Path, small_data: Path) -> None:
     assert meta["config"]["batch_size"] == 8 and meta["config"]["progress"] is False
 
 
+def test_train_rm_killed_during_save_keeps_the_old_model_and_cleans_up(tmp_path: Path, small_data: Path) -> None:
+    """A real SIGKILL while the new model is being written: the old one stays, the next run removes the
+    leftover temporary folder."""
+    import signal
+    import time
+
+    out = tmp_path / "rm"
+    args = ("train-rm", "--data", str(small_data), "--base", "tiny", "--out", str(out), "--epochs", "1",
+            "--no-progress")
+    assert _run_cli(*args).returncode == 0
+    snapshot = {p.name: p.read_bytes() for p in out.iterdir()}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TEXTGEN_RL_THREADS": "1",
+           "TEXTGEN_RL_SAVE_PAUSE_S": "30"}
+    process = subprocess.Popen([sys.executable, "-m", "agents.cli", *args, "--seed", "5"], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".rm.tmp-*/model.safetensors")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list(tmp_path.glob(".rm.tmp-*")), "killed during the save: its temporary folder is left"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == snapshot  # the old model, intact
+    assert _run_cli(*args, "--seed", "6").returncode == 0
+    assert not list(tmp_path.glob(".rm*tmp-*")), "the next run removed the leftover"
+    assert json.loads((out / "reward_model.json").read_text())["config"]["seed"] == 6
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

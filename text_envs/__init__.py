@@ -15,9 +15,11 @@ import gymnasium as gym
 
 from text_envs.errors import (
     ConfigError,
+    EnvClosedError,
     EpisodeFinishedError,
     FeedbackFormatError,
     InvalidActionError,
+    InvalidObservationError,
     InvalidPromptError,
     MissingDependencyError,
     RewardModelError,
@@ -37,7 +39,8 @@ if "TextGen-v0" not in gym.registry:
     )
 
 __all__ = [
-    "ConfigError", "EpisodeFinishedError", "FeedbackFormatError", "InvalidActionError", "InvalidPromptError",
+    "ConfigError", "EnvClosedError", "EpisodeFinishedError", "FeedbackFormatError", "InvalidActionError",
+    "InvalidObservationError", "InvalidPromptError",
     "MissingDependencyError", "RewardModelError", "TextEnvsError", "UnknownModelError", "UnknownRewardModelError",
     "UnknownTaskError", "__version__",
 ]

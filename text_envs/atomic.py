@@ -20,13 +20,37 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TEMP_MARKER", "atomic_directory", "atomic_path", "remove_stale_temporaries", "write_bytes_atomic",
+__all__ = ["PAUSE_ENV_VAR", "TEMP_MARKER", "save_pause", "atomic_directory", "atomic_path", "remove_stale_temporaries", "write_bytes_atomic",
            "write_json_atomic", "write_text_atomic"]
 
+#: Crash tests only: seconds that :func:`save_pause` sleeps in the middle of the saves that call it (a
+#: checkpoint, the final ``model.zip``, a reward model), so that a test can kill the process during a save.
+PAUSE_ENV_VAR = "TEXTGEN_RL_SAVE_PAUSE_S"
+
+
+def save_pause() -> None:
+    """The crash-test pause of :data:`PAUSE_ENV_VAR` (a no-op unless it is set)."""
+    try:
+        seconds = float(os.environ.get(PAUSE_ENV_VAR, "0") or 0)
+    except ValueError:
+        return
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Permissions of the files written here: what ``open`` would give (mkstemp's are private to the owner).
+_FILE_MODE = 0o666 & ~_current_umask()
 #: Part of every temporary name written here (``.NAME.tmp-XXXX``), so that leftovers of a killed process
 #: can be recognised and removed (:func:`remove_stale_temporaries`).
 TEMP_MARKER = ".tmp-"
@@ -68,6 +92,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
                                     else suffix, dir=target.parent)
     os.close(handle)
     temporary = Path(name)
+    os.chmod(temporary, _FILE_MODE)
     try:
         yield temporary
         _sync_tree(temporary)
@@ -105,7 +130,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}{TEMP_MARKER}", dir=target.parent))
     try:
-        temporary.chmod(0o755)  # mkdtemp makes it private; the final folder should look like any other
+        temporary.chmod(0o777 & ~_current_umask())  # mkdtemp makes it private; the result should not be
         yield temporary
         _sync_tree(temporary)
         if target.exists():
@@ -133,7 +158,8 @@ def remove_stale_temporaries(folder: str | os.PathLike[str], name: str) -> list[
     :return: the paths removed.
     """
     removed = []
-    for leftover in Path(folder).glob(f".{name}*{TEMP_MARKER}*"):
+    leftovers = [*Path(folder).glob(f".{name}{TEMP_MARKER}*"), *Path(folder).glob(f".{name}.old{TEMP_MARKER}*")]
+    for leftover in leftovers:
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -14,6 +15,11 @@ from text_envs.errors import ConfigError
 from text_envs.models import check_vocabulary, load_config, load_model, load_tokenizer
 from text_envs.rewards import RewardModel
 from text_envs.tasks import Task, get_task
+from text_envs.validation import MAX_KL_COEF, check_bool, check_int, check_prompt, check_real, describe
+
+#: Upper bound of ``max_prompt_tokens`` and ``max_new_tokens`` before the model is known (the model's context
+#: length then bounds their sum, see :func:`context_length`).
+MAX_WINDOW = 1_000_000
 
 RewardSpec = str | RewardModel | Callable[[list[str], list[str]], Any] | None
 
@@ -38,8 +44,9 @@ class TextGenConfig:
         "help": "'dense': pay beta * log pi_ref(a_t|s_t) every step; 'sparse': pay the sum on the last step."})
     max_new_tokens: int | None = field(default=None, metadata={
         "help": "Token budget of an episode; None uses the task's default."})
-    max_prompt_tokens: int = field(default=64, metadata={
-        "help": "Prompts are truncated from the left to this many tokens (with a warning)."})
+    max_prompt_tokens: int | None = field(default=None, metadata={
+        "help": "Prompts are truncated from the left to this many tokens (with a warning). None: 64, or what "
+                "the model's context length leaves after max_new_tokens if that is less."})
     reference_model: str | PreTrainedModel | None = field(default=None, metadata={
         "help": "Frozen reference LM of the KL penalty; None uses `model`."})
     device: str = field(default="auto", metadata={"help": "Device of the reference model: 'auto', 'cpu', 'cuda'..."})
@@ -49,23 +56,51 @@ class TextGenConfig:
         "help": "Show transformers' progress bars while the models load (hidden by default)."})
 
     def __post_init__(self) -> None:
-        if self.kl_penalty not in KL_PENALTIES:
-            raise ConfigError(f"kl_penalty must be one of {KL_PENALTIES}, got {self.kl_penalty!r}")
-        if not isinstance(self.kl_coef, (int, float)) or self.kl_coef < 0:
-            raise ConfigError(f"kl_coef must be a number >= 0, got {self.kl_coef!r}")
-        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
-            raise ConfigError(f"max_new_tokens must be a positive int or None, got {self.max_new_tokens!r}")
-        if not isinstance(self.max_prompt_tokens, int) or self.max_prompt_tokens < 1:
-            raise ConfigError(f"max_prompt_tokens must be a positive int, got {self.max_prompt_tokens!r}")
+        """Validate (and normalise: numpy scalars become Python numbers) every field; see text_envs.validation."""
+        for name in ("model", "reference_model"):
+            value = getattr(self, name)
+            if not (isinstance(value, (str, os.PathLike, PreTrainedModel)) or (name == "reference_model"
+                                                                              and value is None)):
+                raise ConfigError(f"{name} must be a model alias, a local folder, a hub id or a PreTrainedModel"
+                                  f"{' (or None)' if name == 'reference_model' else ''}, got {describe(value)}")
+        if not isinstance(self.task, (str, Task)):
+            raise ConfigError(f"task must be a task name or a Task, got {describe(self.task)}")
+        if self.reward_model is not None and not isinstance(self.reward_model, str) and not callable(self.reward_model):
+            raise ConfigError(f"reward_model must be None, a registered name, a reward model or a callable "
+                              f"(prompts, completions) -> scores, got {describe(self.reward_model)}")
+        if self.reward_kwargs is not None and not isinstance(self.reward_kwargs, Mapping):
+            raise ConfigError(f"reward_kwargs must be a mapping or None, got {describe(self.reward_kwargs)}")
+        if not isinstance(self.kl_penalty, str) or self.kl_penalty not in KL_PENALTIES:
+            raise ConfigError(f"kl_penalty must be one of {KL_PENALTIES}, got {describe(self.kl_penalty)}")
+        self.kl_coef = check_real("kl_coef", self.kl_coef, 0.0, MAX_KL_COEF)
+        if self.max_new_tokens is not None:
+            self.max_new_tokens = check_int("max_new_tokens", self.max_new_tokens, 1, MAX_WINDOW)
+        if self.max_prompt_tokens is not None:
+            self.max_prompt_tokens = check_int("max_prompt_tokens", self.max_prompt_tokens, 1, MAX_WINDOW)
+        self.verbose = check_bool("verbose", self.verbose)
         resolve_dtype(self.dtype, self.device)  # validates both, whether or not a reference model is loaded
+
+
+def _text_config(model: str | PreTrainedModel) -> Any:
+    config = model.config if isinstance(model, PreTrainedModel) else load_config(model)
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def _vocab_size(model: str | PreTrainedModel) -> int:
     if isinstance(model, PreTrainedModel):
         return int(model.get_output_embeddings().weight.shape[0])
-    config = load_config(model)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(text_config.vocab_size)
+    return int(_text_config(model).vocab_size)
+
+
+def context_length(model: str | PreTrainedModel) -> int | None:
+    """The longest sequence the model's positions cover (``max_position_embeddings`` / ``n_positions``), if it
+    declares one."""
+    config = _text_config(model)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _model_label(model: str | PreTrainedModel) -> str:
@@ -85,9 +120,30 @@ def _eos_ids(model: str | PreTrainedModel, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
+#: ``max_prompt_tokens`` when none is given (less if the model's context is shorter).
+DEFAULT_MAX_PROMPT_TOKENS = 64
+
+
+def _prompt_budget(config: TextGenConfig, max_new_tokens: int) -> int:
+    """``max_prompt_tokens``, checked against the model's context length (prompt + completion must fit)."""
+    limit = context_length(config.model)
+    name = _model_label(config.model)
+    if limit is not None and max_new_tokens >= limit:
+        raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the context length of "
+                          f"{name!r} ({limit} positions): use at most {limit - 1}")
+    if config.max_prompt_tokens is None:
+        return DEFAULT_MAX_PROMPT_TOKENS if limit is None else min(DEFAULT_MAX_PROMPT_TOKENS, limit - max_new_tokens)
+    if limit is not None and config.max_prompt_tokens + max_new_tokens > limit:
+        raise ConfigError(f"max_prompt_tokens + max_new_tokens = {config.max_prompt_tokens} + {max_new_tokens} exceeds "
+                          f"the context length of {name!r} ({limit} positions)")
+    return config.max_prompt_tokens
+
+
 def build_episode_batch(config: TextGenConfig, batch_size: int) -> tuple[EpisodeBatch, Task]:
     """Load the tokenizer, reference model, task and reward model of ``config`` into an :class:`EpisodeBatch`."""
     task = get_task(config.task)
+    max_new_tokens = config.max_new_tokens or task.max_new_tokens
+    max_prompt_tokens = _prompt_budget(config, max_new_tokens)
     tokenizer = load_tokenizer(_model_label(config.model), verbose=config.verbose)
     vocab_size = _vocab_size(config.model)
     check_vocabulary(tokenizer, vocab_size, _model_label(config.model))
@@ -107,7 +163,7 @@ def build_episode_batch(config: TextGenConfig, batch_size: int) -> tuple[Episode
     batch = EpisodeBatch(
         tokenizer=tokenizer, vocab_size=vocab_size, reward_model=reward, reference=reference,
         kl_coef=config.kl_coef, kl_penalty=config.kl_penalty,
-        max_new_tokens=config.max_new_tokens or task.max_new_tokens, max_prompt_tokens=config.max_prompt_tokens,
+        max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
         eos_token_ids=_eos_ids(config.model, tokenizer), batch_size=batch_size,
     )
     return batch, task
@@ -123,12 +179,28 @@ RESET_OPTIONS = ("prompt", "split")
 
 
 def parse_reset_options(options: Mapping[str, Any] | None, allowed: tuple[str, ...] = RESET_OPTIONS) -> dict[str, Any]:
-    """Validate ``reset(options=...)``: known keys only, ``split`` in train/eval."""
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(allowed))
+    """Validate ``reset(options=...)`` without side effects: known keys only, ``split`` in train/eval, prompts
+    valid text, ``group_size`` a positive integer. Returns a new dict with ``split`` filled in."""
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"reset options must be a dict or None, got {describe(options)}")
+    unknown = sorted(repr(key) for key in options if key not in allowed)
     if unknown:
-        raise ConfigError(f"unknown reset option(s) {unknown}; accepted: {list(allowed)}")
-    split = options.setdefault("split", "train")
-    if split not in ("train", "eval"):
-        raise ConfigError(f"reset option split must be 'train' or 'eval', got {split!r}")
-    return options
+        raise ConfigError(f"unknown reset option(s) {', '.join(unknown)}; accepted: {list(allowed)}")
+    parsed = dict(options)
+    split = parsed.setdefault("split", "train")
+    if not isinstance(split, str) or split not in ("train", "eval"):
+        raise ConfigError(f"reset option split must be 'train' or 'eval', got {describe(split)}")
+    if "prompt" in parsed and "prompts" in parsed:
+        raise ConfigError("reset options prompt and prompts exclude each other: give one")
+    if "prompt" in parsed:
+        check_prompt(parsed["prompt"], "reset option prompt")
+    if "prompts" in parsed:
+        prompts = parsed["prompts"]
+        if not isinstance(prompts, (list, tuple)):
+            raise ConfigError(f"reset option prompts must be a list of strings, got {describe(prompts)}")
+        parsed["prompts"] = [check_prompt(p, f"reset option prompts[{i}]") for i, p in enumerate(prompts)]
+    if "group_size" in parsed:
+        parsed["group_size"] = check_int("reset option group_size", parsed["group_size"], 1)
+    return parsed

@@ -11,8 +11,10 @@ from transformers import PreTrainedModel
 
 from text_envs.config import RewardSpec, TextGenConfig, build_episode_batch, parse_reset_options, sample_prompt
 from text_envs.episode_batch import EpisodeBatch
-from text_envs.errors import ConfigError
+from text_envs.errors import ConfigError, EnvClosedError
+from text_envs.rendering import render_text_image
 from text_envs.tasks import Task
+from text_envs.validation import check_seed, describe, token_id
 
 
 def observation_space(vocab_size: int, window: int) -> spaces.Dict:
@@ -30,12 +32,29 @@ class TextGenBase:
     metadata: dict[str, Any]
 
     def _setup(self, config: TextGenConfig, batch_size: int, render_mode: str | None) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ConfigError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        if render_mode is not None and (not isinstance(render_mode, str)
+                                        or render_mode not in self.metadata["render_modes"]):
+            raise ConfigError(f"render_mode must be None or one of {self.metadata['render_modes']}, got "
+                              f"{describe(render_mode)}")
         self.config = config
         self.render_mode = render_mode
         self.batch, self.task = build_episode_batch(config, batch_size=batch_size)
         self.tokenizer = self.batch.tokenizer
+        self._closed = False
+
+    def _check_open(self, call: str) -> None:
+        if self._closed:
+            raise EnvClosedError(f"{call}() on a closed {type(self).__name__}: its reference model was released; "
+                                 "create a new env")
+
+    def _release(self) -> None:
+        """Drop the reference model and mark the env closed (idempotent)."""
+        self.batch.stepper = self.batch.reference = None
+        self._closed = True
+
+    def _texts(self) -> list[str]:
+        """Prompt + text so far of every slot."""
+        return [self.tokenizer.decode(s.prompt_ids + s.generated, skip_special_tokens=True) for s in self.batch.slots]
 
     @property
     def kl_coef(self) -> float:
@@ -115,7 +134,13 @@ class TextGenEnv(TextGenBase, gym.Env[dict, np.int64]):
     * **Truncation**: never reported by the env itself; a ``TimeLimit`` wrapper is not needed and
       must not be used to end episodes (it would end them unscored).
 
-    Stepping a finished episode raises :class:`~text_envs.errors.EpisodeFinishedError`.
+    Stepping a finished episode raises :class:`~text_envs.errors.EpisodeFinishedError`. An action
+    is one integer token id (Python or numpy integer, or a 0-d / 1-element integer array); anything
+    else raises :class:`~text_envs.errors.InvalidActionError`. Every call is transactional: one that
+    raises (bad action, seed or option; a reward model that raises or returns NaN, the wrong length or
+    the wrong type: :class:`~text_envs.errors.RewardModelError` naming it) leaves the env exactly as it
+    was, so the same step can be retried. After ``close()``, calls raise
+    :class:`~text_envs.errors.EnvClosedError`.
     On the last step ``info`` holds ``prompt``, ``text`` (the completion), ``score`` (``R(x)``),
     ``kl_ref_logprob_sum`` (``sum_t log pi_ref(a_t|s_t)``; NaN when ``kl_coef=0``),
     ``num_tokens``, ``finish_reason`` and ``kl_coef``, all plain Python values.
@@ -124,24 +149,28 @@ class TextGenEnv(TextGenBase, gym.Env[dict, np.int64]):
 
     ```python
     gym.make("TextGen-v0", model="tiny", task="sentiment", reward_model=None, reward_kwargs=None,
-             kl_coef=0.05, kl_penalty="dense", max_new_tokens=None, max_prompt_tokens=64,
+             kl_coef=0.05, kl_penalty="dense", max_new_tokens=None, max_prompt_tokens=None,
              reference_model=None, device="auto", dtype="auto", render_mode=None, verbose=False)
     ```
     See :class:`~text_envs.config.TextGenConfig` for each; ``render_mode="ansi"`` renders
-    ``prompt + text so far``. ``gym.make_vec("TextGen-v0", num_envs=N, ...)`` gives the natively
+    ``prompt + text so far`` as a string, ``"rgb_array"`` draws it in an RGB image (what
+    ``stable_baselines3.common.env_util.make_vec_env`` asks for, and what video recorders need).
+    Every argument is validated (types, ranges, the model's context length, device and dtype) before
+    anything is loaded. ``gym.make_vec("TextGen-v0", num_envs=N, ...)`` gives the natively
     batched :class:`~text_envs.vector_env.TextGenVectorEnv`.
 
     ## Version History
 
-    * v0: initial version.
+    * v0: initial version (validation, transactional calls, ``rgb_array`` rendering and
+      ``EnvClosedError`` added later without changing rewards, observations or episode ends).
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(self, model: str | PreTrainedModel = "tiny", task: str | Task = "sentiment",
                  reward_model: RewardSpec = None, reward_kwargs: Mapping[str, Any] | None = None,
                  kl_coef: float = 0.05, kl_penalty: str = "dense", max_new_tokens: int | None = None,
-                 max_prompt_tokens: int = 64, reference_model: str | PreTrainedModel | None = None,
+                 max_prompt_tokens: int | None = None, reference_model: str | PreTrainedModel | None = None,
                  device: str = "auto", dtype: str = "auto", render_mode: str | None = None,
                  verbose: bool = False) -> None:
         config = TextGenConfig(model=model, task=task, reward_model=reward_model, reward_kwargs=reward_kwargs,
@@ -153,26 +182,45 @@ class TextGenEnv(TextGenBase, gym.Env[dict, np.int64]):
         self.observation_space = observation_space(self.batch.vocab_size, self.batch.window)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
-        """Start an episode; ``options``: ``prompt`` (force a prompt), ``split`` (``"train"``/``"eval"``)."""
-        super().reset(seed=seed)
+        """Start an episode; ``options``: ``prompt`` (force a prompt), ``split`` (``"train"``/``"eval"``).
+
+        The seed and the options are validated (and a forced prompt encoded) before the env's generator is
+        touched: a rejected call leaves the env, its generator included, as it was.
+        """
+        self._check_open("reset")
+        seed = check_seed("seed", seed)
         opts = parse_reset_options(options)
-        prompt = opts["prompt"] if "prompt" in opts else sample_prompt(self.task, opts["split"], self.np_random)
-        self.batch.start([0], [prompt])
+        forced = self.batch.encode([opts["prompt"]]) if "prompt" in opts else None
+        generator, generator_seed = self._np_random, self._np_random_seed
+        state = None if generator is None else generator.bit_generator.state
+        super().reset(seed=seed)
+        try:
+            prompt = opts["prompt"] if forced else sample_prompt(self.task, opts["split"], self.np_random)
+            self.batch.start([0], [prompt], forced)
+        except BaseException:  # put the generator back as it was (a task prompt that does not encode...)
+            self._np_random, self._np_random_seed = generator, generator_seed
+            if generator is not None:
+                generator.bit_generator.state = state
+            raise
         return self.batch.observation(0), {"prompt": prompt}
 
     def step(self, action: int) -> tuple[dict, float, bool, bool, dict]:
         """Append token ``action``; see the class docstring for rewards and episode end."""
-        rewards, done, infos = self.batch.step(np.asarray([action]))
+        self._check_open("step")
+        rewards, done, infos = self.batch.step(np.asarray([token_id(action, self.batch.vocab_size)]))
         return self.batch.observation(0), float(rewards[0]), bool(done[0]), False, infos[0] or {}
 
-    def render(self) -> str | None:
-        """``"ansi"``: the prompt and the text generated so far."""
-        if self.render_mode != "ansi":
-            return None
-        slot = self.batch.slots[0]
-        return self.tokenizer.decode(slot.prompt_ids + slot.generated, skip_special_tokens=True)
+    def render(self) -> str | np.ndarray | None:
+        """``"ansi"``: the prompt and the text generated so far; ``"rgb_array"``: the same text drawn in an
+        RGB image ``(H, W, 3)`` uint8 (for video recorders)."""
+        self._check_open("render")
+        if self.render_mode == "ansi":
+            return self._texts()[0]
+        if self.render_mode == "rgb_array":
+            return render_text_image(self._texts()[0])
+        return None
 
     def close(self) -> None:
-        """Release the reference model."""
-        self.batch.stepper = self.batch.reference = None
+        """Release the reference model; later ``reset``/``step``/``render`` raise EnvClosedError."""
+        self._release()
         super().close()

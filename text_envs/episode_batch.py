@@ -5,10 +5,17 @@ builds the left-padded observations, validates actions, pays the per-token refer
 KL penalty (one batched, KV-cached reference forward per step) and scores every sequence that
 finished on a step with one batched reward-model call. The single env is ``B = 1``; the vector
 env is ``B = num_envs``. Keeping one implementation guarantees both pay identical rewards.
+
+**Transactional.** :meth:`EpisodeBatch.step` and :meth:`EpisodeBatch.start` first validate their
+input and compute everything that can fail (the reward model's scores, the sparse reference sums,
+the prompts' tokens) without touching any state, and only then commit: a call that raises leaves the
+batch exactly as it was, so the same call can be retried (e.g. after a reward model's transient
+failure) as if the failed one never happened.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +24,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from text_envs.errors import ConfigError, EpisodeFinishedError, InvalidActionError, InvalidPromptError
+from text_envs.errors import ConfigError, EpisodeFinishedError, InvalidPromptError, RewardModelError, TextEnvsError
 from text_envs.lm_stepper import BatchedLMStepper, continuation_logprob_sums
 from text_envs.rewards import RewardModel, validate_scores
+from text_envs.validation import MAX_KL_COEF, check_prompt, check_real, token_ids
 
 KL_PENALTIES = ("dense", "sparse")
 
@@ -41,9 +49,10 @@ class SlotState:
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_prompt_tokens: int) -> list[int]:
     """Token ids of ``prompt`` (with the tokenizer's special prefix, e.g. BOS), left-truncated to the budget."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InvalidPromptError(f"prompt must be a non-empty string, got {prompt!r}")
+    check_prompt(prompt)
     ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    if not ids:
+        raise InvalidPromptError(f"prompt {prompt!r} encodes to no tokens")
     if len(ids) > max_prompt_tokens:
         warnings.warn(f"prompt of {len(ids)} tokens truncated from the left to max_prompt_tokens="
                       f"{max_prompt_tokens}: {prompt[:60]!r}", PromptTruncatedWarning, stacklevel=3)
@@ -98,25 +107,50 @@ class EpisodeBatch:
 
     @kl_coef.setter
     def kl_coef(self, value: float) -> None:
-        value = float(value)
-        if not np.isfinite(value) or value < 0:
-            raise ConfigError(f"kl_coef must be a finite number >= 0, got {value!r}")
+        value = check_real("kl_coef", value, 0.0, MAX_KL_COEF)
         if value > 0 and self.reference is None:
             raise ConfigError(f"kl_coef={value} needs a reference model, but this env was created with kl_coef=0 "
                               "(which loads none): create it with kl_coef > 0")
         self._kl_coef = value
 
+    # ------------------------------------------------------------------------------------ checkpoints
+    def get_state(self) -> dict[str, Any]:
+        """The running episodes, the KL coefficient and the reference's KV cache, for checkpoints."""
+        return {"slots": copy.deepcopy(self.slots), "kl_coef": self.kl_coef,
+                "ref_logprobs": None if self.ref_logprobs is None else self.ref_logprobs.clone(),
+                "stepper": None if self.stepper is None else self.stepper.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_state`'s result (the batch must have been built with the same configuration)."""
+        if (state["stepper"] is None) != (self.stepper is None) or len(state["slots"]) != self.batch_size:
+            raise ConfigError("this checkpoint was saved by an env with another configuration (batch size, KL "
+                              "penalty or reference model)")
+        self.slots = copy.deepcopy(state["slots"])
+        self.kl_coef = state["kl_coef"]
+        if self.stepper is not None:
+            self.stepper.set_state(state["stepper"])
+        device = self.stepper.device if self.stepper is not None else "cpu"
+        self.ref_logprobs = None if state["ref_logprobs"] is None else state["ref_logprobs"].to(device).clone()
+
     # ----------------------------------------------------------------------------------------- reset
-    def start(self, slots: list[int], prompts: list[str]) -> None:
-        """Begin new episodes in ``slots`` from ``prompts`` (one batched reference prefill)."""
-        encoded = [encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens) for prompt in prompts]
-        for slot, prompt, ids in zip(slots, prompts, encoded):
-            self.slots[slot] = SlotState(prompt=prompt, prompt_ids=ids, finished=False)
+    def encode(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of ``prompts`` (validated; nothing is mutated): what :meth:`start` consumes."""
+        return [encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens) for prompt in prompts]
+
+    def start(self, slots: list[int], prompts: list[str], encoded: list[list[int]] | None = None) -> None:
+        """Begin new episodes in ``slots`` from ``prompts`` (one batched reference prefill).
+
+        ``encoded`` (from :meth:`encode`) skips re-encoding prompts the caller already validated. Every
+        prompt is encoded before anything changes: an invalid one raises with the batch untouched.
+        """
+        encoded = self.encode(prompts) if encoded is None else encoded
         if self.stepper is not None:
             logits = self.stepper.prefill(slots, encoded).logits
             if self.ref_logprobs is None:
                 self.ref_logprobs = torch.zeros((self.batch_size, logits.shape[-1]), device=logits.device)
             self.ref_logprobs[torch.as_tensor(slots, device=logits.device)] = torch.log_softmax(logits, -1)
+        for slot, prompt, ids in zip(slots, prompts, encoded):
+            self.slots[slot] = SlotState(prompt=prompt, prompt_ids=ids, finished=False)
 
     # ----------------------------------------------------------------------------------- observation
     def observation(self, slot: int) -> dict[str, np.ndarray]:
@@ -136,75 +170,77 @@ class EpisodeBatch:
 
     def completion_text(self, slot: int) -> str:
         """Decoded completion of a slot, without the final EOS or other special tokens."""
-        tokens = [t for t in self.slots[slot].generated if t not in self.eos_token_ids]
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return self.decode(self.slots[slot].generated)
+
+    def decode(self, generated: list[int]) -> str:
+        """A completion's text, without EOS or other special tokens."""
+        return self.tokenizer.decode([t for t in generated if t not in self.eos_token_ids], skip_special_tokens=True)
 
     # ------------------------------------------------------------------------------------------ step
-    def _validate(self, actions: np.ndarray) -> np.ndarray:
-        actions = np.asarray(actions).reshape(-1)
-        if actions.shape[0] != self.batch_size:
-            raise InvalidActionError(f"expected {self.batch_size} actions, got {actions.shape[0]}")
-        if not np.issubdtype(actions.dtype, np.integer):
-            if not np.all(np.mod(actions, 1) == 0):
-                raise InvalidActionError(f"actions must be integer token ids, got {actions.tolist()}")
-            actions = actions.astype(np.int64)
-        for slot, action in enumerate(actions):
-            if not 0 <= int(action) < self.vocab_size:
-                raise InvalidActionError(f"token id {int(action)} is outside Discrete({self.vocab_size}): "
-                                         f"valid ids are 0..{self.vocab_size - 1}")
-            if self.slots[slot].finished:
-                raise EpisodeFinishedError("step() called on a finished episode: call reset() first")
-        return actions.astype(np.int64)
+    def _validate(self, actions: Any) -> np.ndarray:
+        actions = token_ids(actions, self.batch_size, self.vocab_size)
+        finished = [slot for slot, state in enumerate(self.slots) if state.finished]
+        if finished:
+            raise EpisodeFinishedError(f"step() called on a finished episode (slot {finished[0]}): call reset() first")
+        return actions
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any] | None]]:
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any] | None]]:
         """Apply one token per slot; returns ``rewards (B,)``, ``terminated (B,)`` and, per slot, the final
-        info dict of an episode that ended on this step (else None)."""
+        info dict of an episode that ended on this step (else None).
+
+        Everything that can fail runs before the first mutation: actions are validated, and the
+        episodes ending on this step are scored (and, in the sparse mode, their reference sums computed)
+        from their prospective tokens. If the reward model raises or returns bad scores, a
+        :class:`~text_envs.errors.RewardModelError` naming it is raised and nothing has changed.
+        """
         actions = self._validate(actions)
         ref_logp = np.zeros(self.batch_size)
         if self.stepper is not None:
             index = torch.as_tensor(actions, device=self.ref_logprobs.device)
             ref_logp = self.ref_logprobs.gather(1, index[:, None]).squeeze(1).double().cpu().numpy()
-        rewards = np.zeros(self.batch_size)
-        done = np.zeros(self.batch_size, dtype=bool)
+        done = np.array([int(a) in self.eos_token_ids or len(s.generated) + 1 >= self.max_new_tokens
+                         for a, s in zip(actions, self.slots)], dtype=bool)
+        finished = np.flatnonzero(done).tolist()
+        completions = {slot: self.slots[slot].generated + [int(actions[slot])] for slot in finished}
+        ref_sums = {slot: self.slots[slot].ref_logprob_sum + float(ref_logp[slot]) for slot in finished}
+        if finished and self.kl_penalty == "sparse" and self.reference is not None:
+            sums = continuation_logprob_sums(self.reference, [self.slots[s].prompt_ids for s in finished],
+                                             [completions[s] for s in finished], self.pad_id)
+            ref_sums = dict(zip(finished, sums))
+        scores = self._score(finished, completions) if finished else np.zeros(0)
+        # ---- commit: nothing below raises for valid input
+        rewards = self.kl_coef * ref_logp if self.kl_penalty == "dense" else np.zeros(self.batch_size)
         for slot, action in enumerate(actions):
             state = self.slots[slot]
             state.generated.append(int(action))
             state.ref_logprob_sum += float(ref_logp[slot])
-            done[slot] = int(action) in self.eos_token_ids or len(state.generated) >= self.max_new_tokens
-            if self.kl_penalty == "dense":
-                rewards[slot] = self.kl_coef * ref_logp[slot]
         infos: list[dict[str, Any] | None] = [None] * self.batch_size
-        if done.any():
-            finished = np.flatnonzero(done).tolist()
+        for slot, score in zip(finished, scores):
+            state = self.slots[slot]
+            state.ref_logprob_sum = ref_sums[slot]
             if self.kl_penalty == "sparse":
-                self._finish_sparse_reference(finished)
-            scores = self._score(finished)
-            for slot, score in zip(finished, scores):
-                if self.kl_penalty == "sparse":
-                    rewards[slot] = self.kl_coef * self.slots[slot].ref_logprob_sum
-                rewards[slot] += score
-                self.slots[slot].finished = True
-                infos[slot] = self.final_info(slot, float(score))
+                rewards[slot] = self.kl_coef * state.ref_logprob_sum
+            rewards[slot] += score
+            state.finished = True
+            infos[slot] = self.final_info(slot, float(score))
         if self.stepper is not None and not done.all():
-            active = torch.as_tensor(~done)
-            logits = self.stepper.step(torch.as_tensor(actions), active).logits
+            logits = self.stepper.step(torch.as_tensor(actions), torch.as_tensor(~done)).logits
             self.ref_logprobs = torch.log_softmax(logits, -1)
         return rewards, done, infos
 
-    def _finish_sparse_reference(self, slots: list[int]) -> None:
-        """Sparse penalty: ``sum_t log pi_ref(a_t|s_t)`` of the finished slots in one batched reference forward."""
-        if self.reference is None:
-            return
-        sums = continuation_logprob_sums(self.reference, [self.slots[s].prompt_ids for s in slots],
-                                         [self.slots[s].generated for s in slots], self.pad_id)
-        for slot, total in zip(slots, sums):
-            self.slots[slot].ref_logprob_sum = total
-
-    def _score(self, slots: list[int]) -> np.ndarray:
+    def _score(self, slots: list[int], completions: dict[int, list[int]]) -> np.ndarray:
+        """Scores of the episodes ending in ``slots`` (one batched reward call), validated."""
         prompts = [self.slots[slot].prompt for slot in slots]
-        completions = [self.completion_text(slot) for slot in slots]
+        texts = [self.decode(completions[slot]) for slot in slots]
         name = getattr(self.reward_model, "name", type(self.reward_model).__name__)
-        return validate_scores(self.reward_model(prompts, completions), len(slots), name)
+        try:
+            raw = self.reward_model(prompts, texts)
+        except TextEnvsError:
+            raise
+        except Exception as error:  # any failure of user code: the step is not applied
+            raise RewardModelError(f"reward model {name!r} raised {type(error).__name__}: {error}; the step was not "
+                                   "applied (retry it, or reset)") from error
+        return validate_scores(raw, len(slots), name)
 
     def final_info(self, slot: int, score: float) -> dict[str, Any]:
         """The info dict of a finished episode (plain Python values)."""

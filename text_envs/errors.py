@@ -56,3 +56,11 @@ class ConfigError(TextEnvsError, ValueError):
 
 class FeedbackFormatError(TextEnvsError, ValueError):
     """A malformed line in a human-feedback JSONL file (the message gives file:line and the reason)."""
+
+
+class EnvClosedError(TextEnvsError, RuntimeError):
+    """``reset``/``step``/``render`` on an env after ``close()`` (its reference model is released)."""
+
+
+class InvalidObservationError(TextEnvsError, ValueError):
+    """An observation a policy cannot read: ids that are not integers or lie outside the vocabulary."""

@@ -143,6 +143,25 @@ class BatchedLMStepper:
         self._trim()
         return out
 
+    def get_state(self) -> dict[str, Any]:
+        """Everything the stepper holds (cache tensors included, copied), for checkpoints; see :meth:`set_state`."""
+        layers = None if self.cache is None else [(layer.keys.clone(), layer.values.clone())
+                                                  for layer in self.cache.layers]
+        return {"layers": layers, "mask": self.mask.clone(), "positions": self.positions.clone(),
+                "tokens": [list(t) for t in self.tokens]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_state`'s result: later steps give exactly what the saved stepper would have."""
+        if state["layers"] is None:
+            self.cache = None
+        else:
+            self.cache = DynamicCache()
+            for index, (keys, values) in enumerate(state["layers"]):
+                self.cache.update(keys.to(self.device).clone(), values.to(self.device).clone(), index)
+        self.mask = state["mask"].to(self.device).clone()
+        self.positions = state["positions"].to(self.device).clone()
+        self.tokens = [list(t) for t in state["tokens"]]
+
     def _merge(self, slots: list[int], fresh: DynamicCache, fresh_mask: torch.Tensor) -> None:
         """Write a prefilled cache for ``slots`` into the right end of the shared cache."""
         width = fresh_mask.shape[1]

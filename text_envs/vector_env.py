@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping
 
 import numpy as np
@@ -14,7 +15,9 @@ from transformers import PreTrainedModel
 from text_envs.config import RewardSpec, TextGenConfig, parse_reset_options, sample_prompt
 from text_envs.env import TextGenBase, observation_space
 from text_envs.errors import ConfigError
+from text_envs.rendering import render_text_image
 from text_envs.tasks import Task
+from text_envs.validation import MAX_NUM_ENVS, check_int, check_seed
 
 VECTOR_RESET_OPTIONS = ("prompt", "prompts", "split", "group_size")
 
@@ -44,16 +47,15 @@ class TextGenVectorEnv(TextGenBase, VectorEnv):
     Arguments are those of :class:`~text_envs.env.TextGenEnv` plus ``num_envs``.
     """
 
-    metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.SAME_STEP}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "autoreset_mode": AutoresetMode.SAME_STEP}
 
     def __init__(self, num_envs: int = 1, model: str | PreTrainedModel = "tiny", task: str | Task = "sentiment",
                  reward_model: RewardSpec = None, reward_kwargs: Mapping[str, Any] | None = None,
                  kl_coef: float = 0.05, kl_penalty: str = "dense", max_new_tokens: int | None = None,
-                 max_prompt_tokens: int = 64, reference_model: str | PreTrainedModel | None = None,
+                 max_prompt_tokens: int | None = None, reference_model: str | PreTrainedModel | None = None,
                  device: str = "auto", dtype: str = "auto", render_mode: str | None = None,
                  verbose: bool = False) -> None:
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise ConfigError(f"num_envs must be a positive int, got {num_envs!r}")
+        num_envs = check_int("num_envs", num_envs, 1, MAX_NUM_ENVS)
         config = TextGenConfig(model=model, task=task, reward_model=reward_model, reward_kwargs=reward_kwargs,
                                kl_coef=kl_coef, kl_penalty=kl_penalty, max_new_tokens=max_new_tokens,
                                max_prompt_tokens=max_prompt_tokens, reference_model=reference_model,
@@ -75,42 +77,74 @@ class TextGenVectorEnv(TextGenBase, VectorEnv):
     def reset(self, *, seed: int | list[int] | None = None,
               options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Reset every sub-env. ``seed``: int (sub-env ``i`` gets ``seed + i``) or a list of seeds.
-        ``options``: ``split``, ``prompt`` (all sub-envs), ``prompts`` (one each), ``group_size``."""
+        ``options``: ``split``, ``prompt`` (all sub-envs), ``prompts`` (one each), ``group_size``.
+
+        Seeds, options and prompts are all validated before anything changes; the new generators, split,
+        groups and prompts are computed aside and committed only once every prompt has encoded, so a
+        rejected call leaves every sub-env, generator and option as it was.
+        """
+        self._check_open("reset")
         seeds = self._seeds(seed)
-        if seeds is not None:
-            self._rngs = [seeding.np_random(s)[0] for s in seeds]
         opts = parse_reset_options(options, VECTOR_RESET_OPTIONS)
-        self._split = opts["split"]
-        self._group_size = self._validate_group_size(opts.get("group_size", 1))
-        self._group_queues = {}
-        self._episode_counts = [0] * self.num_envs
-        if "prompts" in opts:
-            prompts = list(opts["prompts"])
-            if len(prompts) != self.num_envs:
-                raise ConfigError(f"reset option prompts needs {self.num_envs} prompts, got {len(prompts)}")
-        elif "prompt" in opts:
-            prompts = [opts["prompt"]] * self.num_envs
-        else:
-            prompts = [self._next_prompt(i) for i in range(self.num_envs)]
-        self.batch.start(list(range(self.num_envs)), prompts)
+        group_size = self._validate_group_size(opts.get("group_size", 1))
+        if "prompts" in opts and len(opts["prompts"]) != self.num_envs:
+            raise ConfigError(f"reset option prompts needs {self.num_envs} prompts, got {len(opts['prompts'])}")
+        saved = (self._rngs, self._split, self._group_size, self._group_queues, self._episode_counts)
+        self._rngs = ([seeding.np_random(s)[0] for s in seeds] if seeds is not None
+                      else [copy.deepcopy(rng) for rng in self._rngs])
+        self._split, self._group_size = opts["split"], group_size
+        self._group_queues, self._episode_counts = {}, [0] * self.num_envs
+        try:
+            if "prompts" in opts:
+                prompts = list(opts["prompts"])
+            elif "prompt" in opts:
+                prompts = [opts["prompt"]] * self.num_envs
+            else:
+                prompts = [self._next_prompt(i) for i in range(self.num_envs)]
+            self.batch.start(list(range(self.num_envs)), prompts)
+        except BaseException:
+            self._rngs, self._split, self._group_size, self._group_queues, self._episode_counts = saved
+            raise
         return self.batch.observations(), {"prompt": np.array(prompts, dtype=object),
                                            "_prompt": np.ones(self.num_envs, dtype=bool)}
 
     def _seeds(self, seed: int | list[int] | None) -> list[int] | None:
         if seed is None:
             return None
-        if isinstance(seed, int):
-            return [seed + i for i in range(self.num_envs)]
+        if not isinstance(seed, (list, tuple, np.ndarray)):
+            first = check_seed("seed", seed)
+            check_seed("seed + num_envs - 1", first + self.num_envs - 1)
+            return [first + i for i in range(self.num_envs)]
         seeds = list(seed)
         if len(seeds) != self.num_envs:
             raise ConfigError(f"seed list needs {self.num_envs} seeds, got {len(seeds)}")
-        return seeds
+        return [check_seed(f"seed[{i}]", s) for i, s in enumerate(seeds)]
 
     def _validate_group_size(self, group_size: Any) -> int:
-        if not isinstance(group_size, int) or group_size < 1 or self.num_envs % group_size:
-            raise ConfigError(f"group_size must be a positive int dividing num_envs={self.num_envs}, "
-                              f"got {group_size!r}")
+        group_size = check_int("group_size", group_size, 1)
+        if self.num_envs % group_size:
+            raise ConfigError(f"group_size must divide num_envs={self.num_envs}, got {group_size}")
         return group_size
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything that defines this env's future (episodes, generators, groups, the reference's cache),
+        for checkpoints: ``set_state`` on an env built with the same arguments continues exactly."""
+        return {"batch": self.batch.get_state(), "rngs": [rng.bit_generator.state for rng in self._rngs],
+                "split": self._split, "group_size": self._group_size,
+                "group_queues": copy.deepcopy(self._group_queues), "episode_counts": list(self._episode_counts)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_state`'s result."""
+        self._check_open("set_state")
+        if len(state["rngs"]) != self.num_envs:
+            raise ConfigError(f"this checkpoint holds {len(state['rngs'])} sub-envs, the env has {self.num_envs}")
+        self.batch.set_state(state["batch"])
+        self._rngs = [seeding.np_random()[0] for _ in state["rngs"]]
+        for rng, saved in zip(self._rngs, state["rngs"]):
+            rng.bit_generator.state = saved
+        self._split, self._group_size = state["split"], state["group_size"]
+        self._group_queues = copy.deepcopy(state["group_queues"])
+        self._episode_counts = list(state["episode_counts"])
 
     def _next_prompt(self, env_index: int) -> str:
         """The next prompt of a sub-env: its own draw, or its group's shared draw."""
@@ -126,7 +160,11 @@ class TextGenVectorEnv(TextGenBase, VectorEnv):
 
     # ------------------------------------------------------------------------------------------ step
     def step(self, actions: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Step every sub-env with one token each; finished sub-envs are reset in the same call."""
+        """Step every sub-env with one token each; finished sub-envs are reset in the same call.
+
+        ``actions``: ``num_envs`` integer token ids (an array of shape ``(num_envs,)`` or a sequence). A
+        rejected step (bad actions, a failing reward model) changes nothing."""
+        self._check_open("step")
         rewards, terminated, final_infos = self.batch.step(actions)
         infos: dict[str, Any] = {}
         finished = np.flatnonzero(terminated).tolist()
@@ -141,13 +179,15 @@ class TextGenVectorEnv(TextGenBase, VectorEnv):
         return (self.batch.observations(), rewards.astype(np.float64), terminated,
                 np.zeros(self.num_envs, dtype=bool), infos)
 
-    def render(self) -> tuple[str, ...] | None:
-        """``"ansi"``: prompt + text so far of every sub-env."""
-        if self.render_mode != "ansi":
-            return None
-        return tuple(self.tokenizer.decode(s.prompt_ids + s.generated, skip_special_tokens=True)
-                     for s in self.batch.slots)
+    def render(self) -> tuple[str, ...] | tuple[np.ndarray, ...] | None:
+        """``"ansi"``: prompt + text so far of every sub-env; ``"rgb_array"``: each drawn in an RGB image."""
+        self._check_open("render")
+        if self.render_mode == "ansi":
+            return tuple(self._texts())
+        if self.render_mode == "rgb_array":
+            return tuple(render_text_image(text) for text in self._texts())
+        return None
 
     def close_extras(self, **kwargs: Any) -> None:
-        """Release the reference model."""
-        self.batch.stepper = self.batch.reference = None
+        """Release the reference model; later ``reset``/``step``/``render`` raise EnvClosedError."""
+        self._release()

@@ -75,9 +75,10 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
                          _init_setup_model=False, supported_action_spaces=(spaces.Discrete,))
         self.batch_size = batch_size
         self.n_epochs = n_epochs
-        env_coef = float(self.env.get_attr("kl_coef")[0])
+        # without an env (SB3's ``load(path)`` for predict / evaluate_policy) the saved kl_coef is restored by load
+        env_coef = float(self.env.get_attr("kl_coef")[0]) if self.env is not None else 0.0
         self.kl_coef = env_coef if kl_coef is None else float(kl_coef)
-        if kl_coef is not None and kl_coef != env_coef:
+        if self.env is not None and kl_coef is not None and kl_coef != env_coef:
             self.env.set_attr("kl_coef", self.kl_coef)
         self.kl_target, self.kl_horizon = kl_target, kl_horizon
         self.kl_controller = (AdaptiveKLController(self.kl_coef, kl_target, kl_horizon) if kl_target is not None

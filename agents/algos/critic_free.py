@@ -66,7 +66,7 @@ class CriticFreeAlgorithm(SequenceOnPolicyAlgorithm):
         super().__init__(policy, env, learning_rate, n_steps, batch_size, n_epochs, 1.0, 1.0, ent_coef, 0.0,
                          max_grad_norm, kl_coef, kl_target, kl_horizon, tensorboard_log, policy_kwargs, verbose,
                          seed, device, _init_setup_model=False)
-        if group_size > 1:
+        if group_size > 1 and self.env is not None:
             if self.n_envs % group_size:
                 raise ConfigError(f"{type(self).__name__} needs num_envs divisible by group_size={group_size}, "
                                   f"got num_envs={self.n_envs}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from agents.cli.arguments import non_negative_float, non_negative_int, positive_float, positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``compare`` subcommand."""
@@ -21,18 +23,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tasks", default=None, help="several tasks, comma-separated (overrides --task)")
     parser.add_argument("--algos", default="token-ppo,ppo,reinforce,rloo,grpo",
                         help=f"comma-separated, from: {','.join(ALGORITHMS)}")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per algorithm")
-    parser.add_argument("--timesteps", type=int, default=4096, help="budget per run in generated tokens")
-    parser.add_argument("--out", default="runs/compare", help="output folder (reused runs are skipped)")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per algorithm")
+    parser.add_argument("--timesteps", type=positive_int, default=4096, help="budget per run in generated tokens")
+    parser.add_argument("--out", default="runs/compare",
+                        help="output folder: finished runs with the same configuration are reused")
     parser.add_argument("--model", default="tiny", help="model alias or path (policy, reference and evaluation)")
-    parser.add_argument("--num-envs", type=int, default=8, help="parallel episodes per run")
-    parser.add_argument("--eval-n", type=int, default=32, help="held-out prompts per evaluation")
-    parser.add_argument("--kl-coef", type=float, default=0.05, help="KL penalty coefficient beta")
-    parser.add_argument("--learning-rate", type=float, default=None,
+    parser.add_argument("--num-envs", type=positive_int, default=8, help="parallel episodes per run")
+    parser.add_argument("--eval-n", type=positive_int, default=32, help="held-out prompts per evaluation")
+    parser.add_argument("--kl-coef", type=non_negative_float, default=0.05, help="KL penalty coefficient beta")
+    parser.add_argument("--learning-rate", type=positive_float, default=None,
                         help="one learning rate for every algorithm (default: each algorithm's)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads (default: TEXTGEN_RL_THREADS or half the cores)")
+    parser.add_argument("--checkpoint-every", type=non_negative_int, default=10,
+                        help="updates between the checkpoints of each run (0: none); a killed compare resumes "
+                             "its unfinished runs mid-way when rerun")
     parser.add_argument("--no-plot", action="store_true", help="skip curves.png")
     parser.set_defaults(func=run_compare)
 
@@ -48,7 +54,10 @@ def run_compare(args: argparse.Namespace) -> int:
                    if args.learning_rate is not None else None)
     result = compare(tasks=args.tasks or args.task, algos=algos, seeds=args.seeds, timesteps=args.timesteps,
                      out=args.out, model=args.model, num_envs=args.num_envs, eval_n=args.eval_n,
-                     kl_coef=args.kl_coef, device=args.device, hyperparams=hyperparams, plot=not args.no_plot)
+                     kl_coef=args.kl_coef, device=args.device, hyperparams=hyperparams, plot=not args.no_plot,
+                     checkpoint_every=args.checkpoint_every)
     print(result.summary_markdown, end="")
-    print(f"wrote {result.results_csv}, {result.summary_md}" + (f", {result.curves_png}" if result.curves_png else ""))
+    print(f"wrote {result.results_csv}, {result.summary_md}" + (f", {result.curves_png}" if result.curves_png else "")
+          + f"; runs: {result.counts['trained']} trained, {result.counts['resumed']} resumed, "
+            f"{result.counts['reused']} reused")
     return 0

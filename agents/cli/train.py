@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from agents.cli import CLIError
-from agents.cli.arguments import non_negative_float, non_negative_int, positive_float, positive_int
+from agents.cli.arguments import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from text_envs.errors import TextEnvsError
 from text_envs.tasks import DEFAULT_EVAL_SEED as EVAL_SEED
 
 
@@ -60,7 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--eval-seed", type=non_negative_int, default=EVAL_SEED,
                        help="seed of the held-out prompts and their sampling; `textgen-rl eval --seed` has the same, "
                             "so eval reproduces the after figures")
-    train.add_argument("--out", default=None, help="run folder (default: runs/<task>-<algo>-<date>-<time>)")
+    train.add_argument("--out", default=None,
+                       help="run folder, new or empty (default: runs/<task>-<algo>-<date>-<time>)")
+    train.add_argument("--checkpoint-every", type=non_negative_int, default=10,
+                       help="updates between checkpoints (0: none); a killed run continues with --resume")
+    train.add_argument("--resume", default=None, metavar="RUN",
+                       help="continue the run in folder RUN (killed or interrupted) to its original budget, with "
+                            "the settings stored in RUN/run.json; give no other training flag")
     train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser(
@@ -89,7 +101,6 @@ def _reward_args(spec: str | None) -> tuple[str | None, dict[str, Any] | None]:
 
 def _check_common(args: argparse.Namespace) -> None:
     """Checks shared by train and eval: cheap (no model is loaded), naming the flag in every message."""
-    from text_envs.errors import TextEnvsError
     from text_envs.models import check_model_name
     from text_envs.rewards import get_reward_info
     from text_envs.tasks import get_task
@@ -113,7 +124,9 @@ def _check_common(args: argparse.Namespace) -> None:
         if name == "learned" and not Path(kwargs["path"]).expanduser().is_dir():
             raise CLIError(f"--reward-model {args.reward_model}: {kwargs['path']!r} is not a folder (train one with "
                            "`textgen-rl train-rm`)")
-    from text_envs.devices import resolve_device  # imports torch: after the checks that need none
+    from text_envs.devices import (
+        resolve_device,  # imports torch: after the checks that need none
+    )
 
     try:
         resolve_device(args.device)
@@ -126,6 +139,9 @@ def _check_out(out: str | None, task: str, algo: str) -> Path:
     path = Path(out).expanduser() if out else Path("runs") / f"{task}-{algo}-{time.strftime('%Y%m%d-%H%M%S')}"
     if path.exists() and not path.is_dir():
         raise CLIError(f"--out {str(path)!r} is a file, not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        raise CLIError(f"--out {str(path)!r} is not empty (an earlier run?): continue it with `textgen-rl train "
+                       f"--resume {path}`, or choose another folder")
     parent = path
     while not parent.exists():
         parent = parent.parent
@@ -160,54 +176,59 @@ def _print_metrics(title: str, result: Any) -> None:
         print(f"  [{sample['score']:+.3f}] {sample['prompt']!r} -> {sample['text']!r}")
 
 
+def _settings(args: argparse.Namespace) -> Any:
+    from agents.training import RunSettings
+
+    return RunSettings(task=args.task, algo=args.algo, model=args.model, reward_model=args.reward_model,
+                       max_new_tokens=args.max_new_tokens, device=args.device, threads=args.threads,
+                       timesteps=args.timesteps, kl_coef=args.kl_coef, kl_target=args.kl_target,
+                       num_envs=args.num_envs, learning_rate=args.learning_rate, seed=args.seed,
+                       eval_n=args.eval_n, eval_seed=args.eval_seed, checkpoint_every=args.checkpoint_every)
+
+
+def _resumed_run(args: argparse.Namespace) -> tuple[Path, Any]:
+    """The folder and stored settings of ``--resume RUN``; no other training flag may be given."""
+    from agents.training import RunSettings, read_settings
+
+    out = Path(args.resume).expanduser()
+    if not out.is_dir():
+        raise CLIError(f"--resume {args.resume}: no such run folder")
+    given = [f"--{name.replace('_', '-')}" for name, default in vars(RunSettings()).items()
+             if name != "extra" and getattr(args, name) != default]
+    if args.out is not None:
+        given.append("--out")
+    if given:
+        raise CLIError(f"--resume continues the run with the settings stored in {out / 'run.json'}; drop "
+                       f"{', '.join(given)}")
+    try:
+        return out, read_settings(out)
+    except TextEnvsError as error:
+        raise CLIError(f"--resume {args.resume}: {error}") from None
+
+
 def run_train(args: argparse.Namespace) -> int:
-    """Train, evaluate before/after, and write the run folder."""
-    out = _validate_train(args)
-    from stable_baselines3.common.logger import configure
+    """Train (or resume), evaluate before/after, and write the run folder."""
+    from agents.checkpoint import has_checkpoint
+    from agents.training import DONE_FILE, run_training
 
-    from agents.algorithm_registry import make_algorithm
-    from agents.algos.base import SequenceOnPolicyAlgorithm
-    from agents.callbacks import ObjectiveLogger, with_progress_bar
-    from agents.evaluation import EXPORT_METADATA, evaluate_model
-    from agents.plotting import plot_reward_curve
-    from text_envs.atomic import write_json_atomic
-    from text_envs.models import configure_threads
-
-    threads = configure_threads(args.threads)
-    reward_model, reward_kwargs = _reward_args(args.reward_model)
-    env_kwargs = {"model": args.model, "task": args.task, "reward_model": reward_model,
-                  "reward_kwargs": reward_kwargs, "kl_coef": args.kl_coef, "max_new_tokens": args.max_new_tokens,
-                  "device": args.device}
-    algo = make_algorithm(args.algo, env_kwargs=env_kwargs, num_envs=args.num_envs, model=args.model,
-                          seed=args.seed, device=args.device, learning_rate=args.learning_rate,
-                          kl_target=args.kl_target)
-    eval_kwargs = {"task": args.task, "n": args.eval_n, "seed": args.eval_seed, "env": algo.env.env}
-    before = evaluate_model(algo.policy.lm, **eval_kwargs)
-    _print_metrics("before training", before)
-    out.mkdir(parents=True, exist_ok=True)
-    algo.set_logger(configure(str(out), ["csv", "tensorboard"]))
-    started = time.time()
-    # sequence algorithms (TokenPPO...) log objective/* themselves; stock SB3 ones get it from a callback
-    callback = None if isinstance(algo, SequenceOnPolicyAlgorithm) else ObjectiveLogger()
-    algo.learn(total_timesteps=args.timesteps, progress_bar=False, callback=with_progress_bar(callback))
-    seconds = time.time() - started
-    generated = int(algo.num_timesteps)
-    after = evaluate_model(algo.policy.lm, **eval_kwargs)
-    _print_metrics("after training", after)
-    algo.save(out / "model.zip")
-    hf_dir = algo.policy.save_pretrained(out / "hf")
-    write_json_atomic(hf_dir / EXPORT_METADATA, {"base_model": args.model, "task": args.task, "algo": args.algo})
-    plot_reward_curve(out / "progress.csv", out / "reward_curve.png", f"{args.algo} on {args.task} ({args.model})")
-    summary = {"task": args.task, "algo": args.algo, "model": args.model, "seed": args.seed,
-               "budget": args.timesteps, "timesteps": generated, "seconds": round(seconds, 3),
-               "tokens_per_second": round(generated / max(seconds, 1e-9), 1), "threads": threads,
-               "eval_seed": args.eval_seed, "before": before.to_dict(), "after": after.to_dict()}
-    write_json_atomic(out / "eval.json", summary)
+    if args.resume is not None:
+        out, settings = _resumed_run(args)
+        if (out / DONE_FILE).is_file() and not has_checkpoint(out):
+            print(f"the run in {out} is complete ({DONE_FILE} written); nothing to resume")
+            return 0
+    else:
+        out, settings = _validate_train(args), _settings(args)
+    titles = {"before": "before training", "after": "after training"}
+    outcome = run_training(settings, out, resume=args.resume is not None,
+                           report=lambda stage, result: _print_metrics(titles[stage], result))
+    summary = outcome.summary
+    if outcome.resumed_from is not None:
+        print(f"\nresumed from the checkpoint at {outcome.resumed_from} generated tokens")
     print(f"\n{'metric':<12}{'before':>10}{'after':>10}")
     for key in ("score_mean", "score_se", "kl_mean", "distinct_1", "distinct_2"):
-        print(f"{key:<12}{getattr(before, key):>10.4f}{getattr(after, key):>10.4f}")
-    print(f"\ntrained {generated} generated tokens (budget {args.timesteps}) in {seconds:.0f} s "
-          f"({generated / max(seconds, 1e-9):.0f} tokens/s); run folder: {out} (model.zip, hf/, progress.csv, "
+        print(f"{key:<12}{getattr(outcome.before, key):>10.4f}{getattr(outcome.after, key):>10.4f}")
+    print(f"\ntrained {summary['timesteps']} generated tokens (budget {summary['budget']}) in {summary['seconds']:.0f} "
+          f"s ({summary['tokens_per_second']:.0f} tokens/s); run folder: {out} (model.zip, hf/, progress.csv, "
           "TensorBoard events, reward_curve.png, eval.json)")
     return 0
 

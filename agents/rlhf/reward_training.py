@@ -37,11 +37,10 @@ import datetime as _dt
 import hashlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -50,6 +49,8 @@ from typing import Any, Callable
 from text_envs.errors import ConfigError, MissingDependencyError
 
 from .data import PreferencePair, ranking_to_pairs, read_feedback
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "RewardTrainingConfig",
@@ -285,22 +286,6 @@ def _check_out(out: Path) -> None:
         raise ConfigError(f"out={str(out)!r}: the parent folder {str(out.parent)!r} does not exist")
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out``, replacing an existing ``out`` safely."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.rmdir(backup)
-    os.replace(out, backup)  # rename(2) of a folder: atomic
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(backup, out)  # put the old model back
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-
-
 def _score(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_length: int, device: Any) -> list[float]:
     import torch
 
@@ -491,26 +476,24 @@ def _metadata(
 
 
 def _save(model: Any, tokenizer: Any, metadata: dict[str, Any], out: Path, before_save: Callable[[Path], None] | None) -> None:
-    """Write the model, tokenizer and metadata to a temporary folder next to ``out``, then swap it in."""
+    """Write the model, tokenizer and metadata to a temporary folder next to ``out``, then swap it in: the old
+    model stays in place until the new one is complete (text_envs.atomic.atomic_directory)."""
+    from text_envs.atomic import atomic_directory, save_pause
     from text_envs.models import quiet_transformers
     from text_envs.rewards.learned import METADATA_FILE
 
     _check_out(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        model.to("cpu")
+    model.to("cpu")
+    with atomic_directory(out) as tmp:
         with quiet_transformers(errors_only=True):
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+        save_pause()
         with open(tmp / METADATA_FILE, "w", encoding="utf-8") as handle:
             json.dump(metadata, handle, indent=2, allow_nan=False, default=str)
             handle.write("\n")
         if before_save is not None:
             before_save(tmp)
-        _replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def train_reward_model(
@@ -524,11 +507,14 @@ def train_reward_model(
     ``log`` receives one line per epoch (validation metrics). ``_before_save`` is a test hook
     called with the temporary folder just before it replaces ``out``.
     """
+    from text_envs.atomic import remove_stale_temporaries
     from text_envs.rewards.base import resolve_device
 
     data_path = Path(config.data)
     out = Path(config.out).expanduser().absolute()
     _check_out(out)
+    for leftover in remove_stale_temporaries(out.parent, out.name):  # what a killed train-rm left behind
+        logger.info("removed %s, left by an interrupted save", leftover)
     device = resolve_device(config.device)
     splits = _prepare_data(data_path, config)
     model, tokenizer, resolved, trainable = _prepare_model(config, device)
