@@ -72,12 +72,51 @@ ALGORITHMS: dict[str, AlgoSpec] = {
     )
 }
 
+#: Model-aware learning rates (see :func:`default_hyperparameters`): ``(max parameters, full fine-tuning, LoRA)``.
+#: ``None`` keeps the algorithm's registry default (tuned on the bundled tiny LM). Measured on
+#: SmolLM2-135M-Instruct: full fine-tuning at the tiny LM's 1e-4 gives approx_kl ~40 in the first update.
+LEARNING_RATES: tuple[tuple[float, float | None, float], ...] = (
+    (50e6, None, 1e-3),
+    (1e9, 2e-6, 1e-4),
+    (float("inf"), 1e-6, 5e-5),
+)
+
+
+def count_parameters(model: Any) -> int:
+    """Parameters of a model (alias, folder, hub id or loaded model), counted without loading weights."""
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        return sum(p.numel() for p in model.parameters())
+    from transformers import AutoModelForCausalLM
+
+    from text_envs.models import load_config
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(load_config(model))
+    return sum(p.numel() for p in skeleton.parameters())
+
+
+def default_hyperparameters(name: str, model: Any, lora: bool) -> dict[str, Any]:
+    """Defaults that depend on the model's size and on full vs LoRA training (:data:`LEARNING_RATES`); they
+    override the algorithm's registry defaults, explicit arguments override them."""
+    if name not in ALGORITHMS:
+        return {}
+    parameters = count_parameters(model)
+    for limit, full, adapters in LEARNING_RATES:
+        if parameters <= limit:
+            rate = adapters if lora else full
+            return {} if rate is None else {"learning_rate": rate}
+    return {}
+
+
 MASK_TOP_K = 50  # NLPO-style action masks: the reference model's 50 most likely next tokens
 
 
 def make_algorithm(name: str, env_kwargs: dict[str, Any], num_envs: int, model: str, seed: int = 0,
                    device: str = "auto", learning_rate: float | None = None, kl_target: float | None = None,
-                   overrides: dict[str, Any] | None = None) -> "BaseAlgorithm":
+                   overrides: dict[str, Any] | None = None, lora: dict[str, Any] | None = None,
+                   gradient_checkpointing: bool = False) -> "BaseAlgorithm":
     """Build algorithm ``name`` with a TransformerPolicy over ``model`` on a fresh TextGen vector env.
 
     :param name: a key of :data:`ALGORITHMS`.
@@ -89,20 +128,35 @@ def make_algorithm(name: str, env_kwargs: dict[str, Any], num_envs: int, model: 
     :param learning_rate: overrides the algorithm's default.
     :param kl_target: adaptive KL target (sequence algorithms only).
     :param overrides: other constructor arguments overriding the defaults.
+    :param lora: LoRA adapters of the policy (``{"r": 16, ...}``, see :class:`~agents.lora.LoraSettings`); the
+        env then shares the policy's base model (adapters disabled) as its reference.
+    :param gradient_checkpointing: recompute activations in the update (less memory).
     """
+    from agents.lora import LoraSettings, share_reference
     from agents.policy import MaskableTransformerPolicy, TransformerPolicy
     from agents.vec_env import make_text_vec_env
+    from text_envs.config import SHARED_REFERENCE
 
     if name not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}")
     spec = ALGORITHMS[name]
-    kwargs = {**spec.defaults, **(overrides or {})}
+    settings = LoraSettings.from_value(lora)
+    kwargs = {**spec.defaults, **default_hyperparameters(name, model, settings is not None), **(overrides or {})}
     if learning_rate is not None:
         kwargs["learning_rate"] = learning_rate
+    if settings is not None and env_kwargs.get("kl_coef", 0.05) > 0:
+        env_kwargs = {**env_kwargs, "reference_model": SHARED_REFERENCE}
     if spec.entropy_for_kl:
         kwargs.setdefault("ent_coef", float(env_kwargs.get("kl_coef", 0.05)))
     elif kl_target is not None:
         kwargs["kl_target"] = kl_target
     env = make_text_vec_env(num_envs, mask_top_k=MASK_TOP_K if spec.maskable else 0, env_kwargs=env_kwargs)
     policy = MaskableTransformerPolicy if spec.maskable else TransformerPolicy
-    return spec.load_class()(policy, env, policy_kwargs={"model": model}, seed=seed, device=device, **kwargs)
+    policy_kwargs: dict[str, Any] = {"model": model}
+    if settings is not None:
+        policy_kwargs["lora"] = settings.to_dict()
+    if gradient_checkpointing:
+        policy_kwargs["gradient_checkpointing"] = True
+    algorithm = spec.load_class()(policy, env, policy_kwargs=policy_kwargs, seed=seed, device=device, **kwargs)
+    share_reference(algorithm)  # stock SB3 algorithms (the sequence algorithms did it when building the policy)
+    return algorithm

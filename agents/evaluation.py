@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from agents.rl_math import process_logits
 from text_envs.errors import ConfigError
 from text_envs.lm_stepper import BatchedLMStepper
-from text_envs.models import load_model
+from text_envs.models import ADAPTER_CONFIG, load_model
 from text_envs.tasks import DEFAULT_EVAL_SEED, Task, get_task
 from text_envs.vector_env import TextGenVectorEnv
 
@@ -144,8 +144,11 @@ def evaluate_model(model: str | Path | PreTrainedModel, task: str | Task = "sent
         raise ConfigError(f"n must be a positive int, got {n!r}")
     lm = load_model(model, device=device)
     if env is None:
-        reference = reference_model or (reference_for(model) if not isinstance(model, PreTrainedModel) else None)
-        env = TextGenVectorEnv(num_envs=min(num_envs, n), model=lm if isinstance(model, PreTrainedModel) else str(model),
+        reference = reference_model or (reference_for(model) if not isinstance(model, torch.nn.Module) else None)
+        # an adapter folder has no config of its own: the env reads vocabulary and tokenizer from the merged model
+        adapters = not isinstance(model, torch.nn.Module) and (Path(model) / ADAPTER_CONFIG).is_file()
+        env_model = lm if isinstance(model, torch.nn.Module) or adapters else str(model)
+        env = TextGenVectorEnv(num_envs=min(num_envs, n), model=env_model,
                                task=task, reward_model=reward_model, reward_kwargs=reward_kwargs, kl_coef=1.0,
                                max_new_tokens=max_new_tokens, reference_model=reference, device=device)
     prompts = _eval_prompts(get_task(task), n, seed)

@@ -16,6 +16,9 @@ Works with ``stable_baselines3.PPO``/``A2C`` (``TransformerPolicy``) and with
 
 from __future__ import annotations
 
+import contextlib
+import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,10 +33,12 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
+from agents.lora import LoraSettings
 from agents.rl_math import process_logits
 from text_envs.errors import ConfigError, InvalidObservationError
 from text_envs.lm_stepper import BatchedLMStepper, positions_from_mask
 from text_envs.models import check_vocabulary, load_model, load_tokenizer, quiet_transformers
+from text_envs.validation import check_bool
 
 VALUE_TRUNKS = ("shared", "separate")
 # SB3 constructor parameters that a language-model policy does not use (dropped from saved kwargs)
@@ -110,7 +115,14 @@ class TransformerPolicyCore:
     _distribution_class: type[Distribution]
 
     def _store_lm_options(self, model: str | PreTrainedModel, value_trunk: str, temperature: float, top_k: int,
-                          top_p: float, use_kv_cache: bool, dtype: str, trust_remote_code: bool) -> None:
+                          top_p: float, use_kv_cache: bool, dtype: str, trust_remote_code: bool,
+                          lora: LoraSettings | dict[str, Any] | None = None,
+                          gradient_checkpointing: bool = False) -> None:
+        self.lora = LoraSettings.from_value(lora)
+        if self.lora is not None and value_trunk == "separate":
+            raise ConfigError("value_trunk='separate' is for full fine-tuning; a LoRA policy keeps the value head on "
+                              "the shared trunk")
+        self.gradient_checkpointing = check_bool("gradient_checkpointing", gradient_checkpointing)
         if value_trunk not in VALUE_TRUNKS:
             raise ConfigError(f"value_trunk must be one of {VALUE_TRUNKS}, got {value_trunk!r}")
         if not temperature > 0:
@@ -131,10 +143,17 @@ class TransformerPolicyCore:
         self._previous: tuple[torch.Tensor, torch.Tensor] | None = None  # last (ids, mask) seen in a rollout
 
     def _build_lm(self) -> None:
-        """Load the LM (fp32 master weights), the value head and, optionally, a separate value trunk."""
+        """Load the LM (fp32 master weights), the value head and, optionally, a separate value trunk; with
+        LoRA, wrap the LM with ``peft`` (frozen base, trainable adapters)."""
         self.lm = load_model(self.model_name, device="cpu", dtype="float32", trust_remote_code=self.trust_remote_code)
         self.lm.requires_grad_(True)
         _disable_dropout(self.lm)
+        if self.gradient_checkpointing:
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora is not None:
+            from peft import get_peft_model
+
+            self.lm = get_peft_model(self.lm, self.lora.peft_config(self.lm.config.model_type))
         hidden = self.lm.config.get_text_config().hidden_size
         self.value_model = None
         if self.value_trunk == "separate":
@@ -151,7 +170,47 @@ class TransformerPolicyCore:
     def _lm_options(self) -> dict[str, Any]:
         return {"model": self.model_name, "value_trunk": self.value_trunk, "temperature": self.temperature,
                 "top_k": self.top_k, "top_p": self.top_p, "use_kv_cache": self.use_kv_cache,
-                "dtype": self.dtype_option, "trust_remote_code": self.trust_remote_code}
+                "dtype": self.dtype_option, "trust_remote_code": self.trust_remote_code,
+                "lora": None if self.lora is None else self.lora.to_dict(),
+                "gradient_checkpointing": self.gradient_checkpointing}
+
+    # --------------------------------------------------------------------------------------- LoRA
+    @contextlib.contextmanager
+    def reference_context(self) -> Iterator[None]:
+        """Run the LM as the frozen reference: the LoRA adapters disabled (the base model), under the policy's
+        autocast (bf16 on CUDA). What an env sharing its reference with this policy runs its forwards in."""
+        if self.lora is None:
+            raise ConfigError("only a LoRA policy can be its own reference (with its adapters disabled)")
+        with self.lm.disable_adapter(), self._autocast():
+            yield
+
+    def _frozen_names(self) -> set[str]:
+        """State-dict keys of the frozen base weights of a LoRA policy (reloaded from the model, never saved)."""
+        if self.lora is None:
+            return set()
+        # every frozen entry of the LM's state (tied weights, e.g. a tied LM head, appear under several names)
+        return {f"lm.{name}" for name, value in self.lm.state_dict(keep_vars=True).items() if not value.requires_grad}
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The module's state; for a LoRA policy without the frozen base weights (adapters, value head only):
+        SB3's ``save`` then stores megabytes, not the whole model."""
+        state = super().state_dict(*args, **kwargs)  # type: ignore[misc]
+        frozen = self._frozen_names()
+        if not frozen or args or kwargs.get("destination") is not None or kwargs.get("prefix"):
+            return state  # a parent module's recursive call: leave its dictionary alone
+        return type(state)((key, value) for key, value in state.items() if key not in frozen)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Load a state saved by :meth:`state_dict`: for a LoRA policy the frozen base weights may be absent
+        (they come from the base model); anything else missing or unexpected is still an error under ``strict``."""
+        frozen = self._frozen_names()
+        result = super().load_state_dict(state_dict, strict=strict and not frozen, assign=assign)  # type: ignore[misc]
+        if frozen and strict:
+            missing = [k for k in result.missing_keys if k not in frozen]
+            if missing or result.unexpected_keys:
+                raise ConfigError(f"the saved LoRA policy does not match this one: missing {missing[:5]}, "
+                                  f"unexpected {list(result.unexpected_keys)[:5]}")
+        return result
 
     def _autocast(self) -> torch.autocast:
         device = next(self.lm.parameters()).device
@@ -243,7 +302,8 @@ class TransformerPolicyCore:
     def _build(self, lr_schedule: Schedule) -> None:
         self._build_lm()
         self.action_dist = self._distribution_class(self.action_space.n)
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]  # LoRA: no frozen base
+        self.optimizer = self.optimizer_class(trainable, lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()  # type: ignore[misc]
@@ -308,17 +368,22 @@ class TransformerPolicyCore:
         return actions
 
     # ------------------------------------------------------------------------------------- export
-    def save_pretrained(self, directory: str | Path, verbose: bool = False) -> Path:
-        """Export the policy's LM and tokenizer as a plain Hugging Face model folder.
+    def save_pretrained(self, directory: str | Path, merge: bool = False, verbose: bool = False) -> Path:
+        """Export the policy's LM and tokenizer as a Hugging Face folder.
 
-        ``AutoModelForCausalLM.from_pretrained(directory)`` and
-        ``pipeline("text-generation", model=directory)`` load it. ``verbose`` shows transformers'
-        "Writing model shards" progress bar (hidden by default).
+        Full fine-tuning: a plain model folder (``AutoModelForCausalLM.from_pretrained(directory)`` and
+        ``pipeline("text-generation", model=directory)`` load it). LoRA: the adapter folder
+        (``peft.AutoPeftModelForCausalLM.from_pretrained(directory)`` loads it with its base model), or with
+        ``merge=True`` a plain model with the adapters merged into the base weights (the policy itself is
+        left unchanged). ``verbose`` shows transformers' "Writing model shards" progress bar.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        model = self.lm
+        if self.lora is not None and merge:
+            model = copy.deepcopy(self.lm).merge_and_unload()
         with quiet_transformers(verbose):
-            self.lm.save_pretrained(directory)
+            model.save_pretrained(directory)
             self.tokenizer.save_pretrained(directory)
         return directory
 
@@ -337,6 +402,11 @@ class TransformerPolicy(TransformerPolicyCore, ActorCriticPolicy):
     :param use_kv_cache: reuse per-slot KV caches during rollouts.
     :param dtype: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"float32"`` or ``"bfloat16"``.
     :param trust_remote_code: passed to ``from_pretrained`` for hub models with custom code.
+    :param lora: LoRA adapters (:class:`~agents.lora.LoraSettings` or a dict such as ``{"r": 16}``): the base
+        weights stay frozen, the adapters and the value head train, and an env created with
+        ``reference_model="<policy>"`` uses the base with the adapters disabled as its reference.
+    :param gradient_checkpointing: recompute activations in the backward pass (less memory for long
+        sequences, ~30 % more compute in the update).
     :param use_sde: must be False (given by SB3's PPO/A2C; SDE does not apply to discrete actions).
     :param optimizer_class: optimizer of the LM and value head.
     :param optimizer_kwargs: its keyword arguments.
@@ -347,12 +417,14 @@ class TransformerPolicy(TransformerPolicyCore, ActorCriticPolicy):
     def __init__(self, observation_space: spaces.Dict, action_space: spaces.Discrete, lr_schedule: Schedule,
                  model: str | PreTrainedModel = "tiny", value_trunk: str = "shared", temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, use_kv_cache: bool = True, dtype: str = "auto",
-                 trust_remote_code: bool = False, use_sde: bool = False,
+                 trust_remote_code: bool = False, lora: LoraSettings | dict[str, Any] | None = None,
+                 gradient_checkpointing: bool = False, use_sde: bool = False,
                  optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
                  optimizer_kwargs: dict[str, Any] | None = None) -> None:
         if use_sde:
             raise ConfigError("use_sde=True is not supported: TextGen actions are discrete tokens")
-        self._store_lm_options(model, value_trunk, temperature, top_k, top_p, use_kv_cache, dtype, trust_remote_code)
+        self._store_lm_options(model, value_trunk, temperature, top_k, top_p, use_kv_cache, dtype, trust_remote_code,
+                               lora, gradient_checkpointing)
         super().__init__(observation_space, action_space, lr_schedule, ortho_init=False,
                          optimizer_class=optimizer_class, optimizer_kwargs=optimizer_kwargs)
 
@@ -370,9 +442,11 @@ class MaskableTransformerPolicy(TransformerPolicyCore, MaskableActorCriticPolicy
     def __init__(self, observation_space: spaces.Dict, action_space: spaces.Discrete, lr_schedule: Schedule,
                  model: str | PreTrainedModel = "tiny", value_trunk: str = "shared", temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, use_kv_cache: bool = True, dtype: str = "auto",
-                 trust_remote_code: bool = False,
+                 trust_remote_code: bool = False, lora: LoraSettings | dict[str, Any] | None = None,
+                 gradient_checkpointing: bool = False,
                  optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
                  optimizer_kwargs: dict[str, Any] | None = None) -> None:
-        self._store_lm_options(model, value_trunk, temperature, top_k, top_p, use_kv_cache, dtype, trust_remote_code)
+        self._store_lm_options(model, value_trunk, temperature, top_k, top_p, use_kv_cache, dtype, trust_remote_code,
+                               lora, gradient_checkpointing)
         super().__init__(observation_space, action_space, lr_schedule, ortho_init=False,
                          optimizer_class=optimizer_class, optimizer_kwargs=optimizer_kwargs)

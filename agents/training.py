@@ -63,7 +63,19 @@ class RunSettings:
     eval_n: int = 64
     eval_seed: int = 1234
     checkpoint_every: int = 10
-    extra: dict[str, Any] = field(default_factory=dict)  # room for later settings; compared like the others
+    lora_r: int | None = None  # LoRA rank (None: full fine-tuning)
+    lora_alpha: float | None = None
+    lora_targets: str = "all-linear"
+    merge: bool = False  # also export the LoRA adapters merged into a plain model (hf-merged/)
+    gradient_checkpointing: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def lora(self) -> dict[str, Any] | None:
+        """The LoRA settings of the run (None: full fine-tuning)."""
+        if self.lora_r is None:
+            return None
+        targets = self.lora_targets if self.lora_targets == "all-linear" else self.lora_targets.split(",")
+        return {"r": self.lora_r, "alpha": self.lora_alpha, "target_modules": targets}  # room for later settings; compared like the others
 
 
 @dataclass
@@ -128,7 +140,8 @@ def run_training(settings: RunSettings, out: Path, resume: bool = False,
                   "device": settings.device}
     algo = make_algorithm(settings.algo, env_kwargs=env_kwargs, num_envs=settings.num_envs, model=settings.model,
                           seed=settings.seed, device=settings.device, learning_rate=settings.learning_rate,
-                          kl_target=settings.kl_target)
+                          kl_target=settings.kl_target, lora=settings.lora(),
+                          gradient_checkpointing=settings.gradient_checkpointing)
     eval_kwargs = {"task": settings.task, "n": settings.eval_n, "seed": settings.eval_seed, "env": algo.env.env}
     resumed_from = None
     if resume and has_checkpoint(out):
@@ -169,16 +182,20 @@ def run_training(settings: RunSettings, out: Path, resume: bool = False,
     with atomic_path(out / "model.zip") as temporary:
         algo.save(temporary)
         save_pause()
-    with atomic_directory(out / "hf") as temporary:
-        algo.policy.save_pretrained(temporary)
-        write_json_atomic(temporary / EXPORT_METADATA, {"base_model": settings.model, "task": settings.task,
-                                                        "algo": settings.algo})
+    exports = [("hf", False)] + ([("hf-merged", True)] if settings.merge and settings.lora_r is not None else [])
+    for folder, merge in exports:
+        with atomic_directory(out / folder) as temporary:
+            algo.policy.save_pretrained(temporary, merge=merge)
+            write_json_atomic(temporary / EXPORT_METADATA, {"base_model": settings.model, "task": settings.task,
+                                                            "algo": settings.algo, "lora": settings.lora(),
+                                                            "merged": merge})
     plot_reward_curve(out / "progress.csv", out / "reward_curve.png",
                       f"{settings.algo} on {settings.task} ({settings.model})")
     summary = {"task": settings.task, "algo": settings.algo, "model": settings.model, "seed": settings.seed,
                "budget": settings.timesteps, "timesteps": generated, "seconds": round(seconds, 3),
                "tokens_per_second": round(generated / max(seconds, 1e-9), 1), "threads": threads,
-               "eval_seed": settings.eval_seed, "resumed_from": resumed_from,
+               "eval_seed": settings.eval_seed, "resumed_from": resumed_from, "lora": settings.lora(),
+               "learning_rate": float(algo.learning_rate) if isinstance(algo.learning_rate, (int, float)) else None,
                "before": before.to_dict(), "after": after.to_dict()}
     write_json_atomic(out / DONE_FILE, summary)
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)

@@ -76,3 +76,17 @@ def test_soak_benchmark(tmp_path):
     result = json.loads((tmp_path / "soak.json").read_text())
     assert result["steps"] > 0 and result["rejected_calls"] > 0 and len(result["samples"]) >= 3
     assert "growth after warm-up" in proc.stdout
+
+
+def test_gpu_check_at_toy_size(tmp_path):
+    """The GPU script runs end to end on a CPU at toy size (on a GPU machine it runs full size)."""
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--toy", "--out",
+                           str(tmp_path)], capture_output=True, text=True, cwd=str(REPO_ROOT), timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "gpu_check_toy.json").read_text())
+    assert {(r["algo"], r["mode"]) for r in result["rows"]} == {(a, m) for a in ("token-ppo", "grpo")
+                                                               for m in ("full", "lora")}
+    for row in result["rows"]:
+        assert row["rollout_vs_generate"] > 0 and row["update_vs_plain"] > 0
+        assert row["logprob_abs_diff_bf16_fp32_mean"] < 0.1

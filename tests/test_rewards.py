@@ -249,8 +249,18 @@ def test_sentiment_orders_positive_above_negative():
                               "This is terrible, I hate it and it is awful."])
     assert scores[0] > 0.5 and scores[2] < -0.5 and abs(scores[1]) < 0.2
     assert np.all(scores >= -1) and np.all(scores <= 1)
-    with_prompt = make_reward("sentiment", include_prompt=True)
-    assert with_prompt(["I hate"], ["it"])[0] < 0 == r(["I hate"], ["it"])[0]
+    with_prompt = make_reward("sentiment", include_prompt=True, min_words=0)
+    assert with_prompt(["I hate"], ["it"])[0] < 0 == make_reward("sentiment", min_words=0)(["I hate"], ["it"])[0]
+
+
+def test_sentiment_short_completions_never_beat_a_sentence():
+    """The reward hole: an empty (or one-word) completion scored 0 beat every negative sentence."""
+    r = make_reward("sentiment")
+    empty, word, negative = r(["x"] * 3, ["", "fine", "This is a sad and gloomy day."])
+    assert empty == word == -1.0 and negative > -1.0
+    assert make_reward("sentiment", min_words=0)(["x"], [""])[0] == 0.0
+    with pytest.raises(ConfigError, match="min_words"):
+        make_reward("sentiment", min_words=-1)
 
 
 def test_toxicity_penalises_offensive_text():

@@ -10,13 +10,15 @@ from typing import Any, Callable, Mapping
 from transformers import PreTrainedModel
 
 from text_envs.devices import resolve_dtype
-from text_envs.episode_batch import KL_PENALTIES, EpisodeBatch
+from text_envs.episode_batch import KL_PENALTIES, PROMPT_FORMATS, EpisodeBatch
 from text_envs.errors import ConfigError
 from text_envs.models import check_vocabulary, load_config, load_model, load_tokenizer
 from text_envs.rewards import RewardModel
 from text_envs.tasks import Task, get_task
 from text_envs.validation import MAX_KL_COEF, check_bool, check_int, check_prompt, check_real, describe
 
+#: ``reference_model`` value meaning: the policy's base model with its adapters disabled (attached later).
+SHARED_REFERENCE = "<policy>"
 #: Upper bound of ``max_prompt_tokens`` and ``max_new_tokens`` before the model is known (the model's context
 #: length then bounds their sum, see :func:`context_length`).
 MAX_WINDOW = 1_000_000
@@ -48,7 +50,13 @@ class TextGenConfig:
         "help": "Prompts are truncated from the left to this many tokens (with a warning). None: 64, or what "
                 "the model's context length leaves after max_new_tokens if that is less."})
     reference_model: str | PreTrainedModel | None = field(default=None, metadata={
-        "help": "Frozen reference LM of the KL penalty; None uses `model`."})
+        "help": "Frozen reference LM of the KL penalty; None uses `model`; '<policy>' (SHARED_REFERENCE): the "
+                "policy's base model with its LoRA adapters disabled, attached by the algorithm (one copy of the "
+                "base weights)."})
+    prompt_format: str = field(default="auto", metadata={
+        "help": "'raw': the prompt text is continued; 'chat': the task's instruction (with the prompt) is the user "
+                "message of the tokenizer's chat template and the completion is the assistant's reply; 'auto': "
+                "chat when the tokenizer has a chat template."})
     device: str = field(default="auto", metadata={"help": "Device of the reference model: 'auto', 'cpu', 'cuda'..."})
     dtype: str = field(default="auto", metadata={"help": "dtype of the reference model: 'auto' (bf16 on CUDA, fp32 "
                                                           "on CPU), 'float32', 'bfloat16'..."})
@@ -70,6 +78,9 @@ class TextGenConfig:
                               f"(prompts, completions) -> scores, got {describe(self.reward_model)}")
         if self.reward_kwargs is not None and not isinstance(self.reward_kwargs, Mapping):
             raise ConfigError(f"reward_kwargs must be a mapping or None, got {describe(self.reward_kwargs)}")
+        if not isinstance(self.prompt_format, str) or self.prompt_format not in ("auto", *PROMPT_FORMATS):
+            raise ConfigError(f"prompt_format must be one of {('auto', *PROMPT_FORMATS)}, got "
+                              f"{describe(self.prompt_format)}")
         if not isinstance(self.kl_penalty, str) or self.kl_penalty not in KL_PENALTIES:
             raise ConfigError(f"kl_penalty must be one of {KL_PENALTIES}, got {describe(self.kl_penalty)}")
         self.kl_coef = check_real("kl_coef", self.kl_coef, 0.0, MAX_KL_COEF)
@@ -139,6 +150,13 @@ def _prompt_budget(config: TextGenConfig, max_new_tokens: int) -> int:
     return config.max_prompt_tokens
 
 
+def _prompt_format(requested: str, tokenizer: Any) -> str:
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if requested == "chat" and not has_template:
+        raise ConfigError("prompt_format='chat' needs a tokenizer with a chat template; this one has none (use 'raw')")
+    return requested if requested != "auto" else ("chat" if has_template else "raw")
+
+
 def build_episode_batch(config: TextGenConfig, batch_size: int) -> tuple[EpisodeBatch, Task]:
     """Load the tokenizer, reference model, task and reward model of ``config`` into an :class:`EpisodeBatch`."""
     task = get_task(config.task)
@@ -149,7 +167,8 @@ def build_episode_batch(config: TextGenConfig, batch_size: int) -> tuple[Episode
     check_vocabulary(tokenizer, vocab_size, _model_label(config.model))
     reward = task.build_reward(config.reward_model, config.reward_kwargs)
     reference = None
-    if config.kl_coef > 0:
+    shared = config.reference_model == SHARED_REFERENCE
+    if config.kl_coef > 0 and not shared:
         source = config.reference_model if config.reference_model is not None else config.model
         if isinstance(source, PreTrainedModel) and source is config.model:
             source = copy.deepcopy(source)  # a frozen snapshot: the caller may go on training `model`
@@ -164,7 +183,8 @@ def build_episode_batch(config: TextGenConfig, batch_size: int) -> tuple[Episode
         tokenizer=tokenizer, vocab_size=vocab_size, reward_model=reward, reference=reference,
         kl_coef=config.kl_coef, kl_penalty=config.kl_penalty,
         max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
-        eos_token_ids=_eos_ids(config.model, tokenizer), batch_size=batch_size,
+        eos_token_ids=_eos_ids(config.model, tokenizer), batch_size=batch_size, reference_pending=shared,
+        prompt_format=_prompt_format(config.prompt_format, tokenizer), instruction=task.instruction,
     )
     return batch, task
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import gymnasium as gym
 import numpy as np
@@ -65,6 +65,17 @@ class TextGenBase:
     def kl_coef(self, value: float) -> None:
         self.batch.kl_coef = value
 
+    def attach_reference(self, model: Any, context: Callable[[], Any]) -> None:
+        """Use ``model`` run inside ``context()`` as the frozen reference (an env created with
+        ``reference_model="<policy>"``: e.g. a LoRA policy's LM and its ``disable_adapter``)."""
+        self._check_open("attach_reference")
+        self.batch.attach_reference(model, context)
+
+    @property
+    def reference_pending(self) -> bool:
+        """Whether the env waits for :meth:`attach_reference` (a shared reference not attached yet)."""
+        return self.batch.reference_pending
+
     @property
     def reward_model(self) -> Any:
         """The reward model scoring finished completions."""
@@ -123,7 +134,11 @@ class TextGenEnv(TextGenBase, gym.Env[dict, np.int64]):
     ``eval`` split with ``reset(options={"split": "eval"})``, or forced with
     ``reset(options={"prompt": "..."})``. Prompts longer than ``max_prompt_tokens`` are
     truncated from the left with a :class:`~text_envs.episode_batch.PromptTruncatedWarning`;
-    an empty prompt raises :class:`~text_envs.errors.InvalidPromptError`.
+    an empty prompt raises :class:`~text_envs.errors.InvalidPromptError`. With a chat model
+    (``prompt_format="auto"`` and a tokenizer with a chat template, e.g. SmolLM2-Instruct, or
+    ``"chat"``) the observation starts with the chat template applied to the task's instruction
+    (``Task.instruction``, e.g. ``"Continue this sentence: {prompt}"``) as the user message and the
+    assistant's generation prompt; the agent writes the reply and its end-of-turn token is EOS.
 
     ## Episode End
 
@@ -150,7 +165,8 @@ class TextGenEnv(TextGenBase, gym.Env[dict, np.int64]):
     ```python
     gym.make("TextGen-v0", model="tiny", task="sentiment", reward_model=None, reward_kwargs=None,
              kl_coef=0.05, kl_penalty="dense", max_new_tokens=None, max_prompt_tokens=None,
-             reference_model=None, device="auto", dtype="auto", render_mode=None, verbose=False)
+             reference_model=None, device="auto", dtype="auto", render_mode=None, verbose=False,
+             prompt_format="auto")
     ```
     See :class:`~text_envs.config.TextGenConfig` for each; ``render_mode="ansi"`` renders
     ``prompt + text so far`` as a string, ``"rgb_array"`` draws it in an RGB image (what
@@ -172,11 +188,11 @@ class TextGenEnv(TextGenBase, gym.Env[dict, np.int64]):
                  kl_coef: float = 0.05, kl_penalty: str = "dense", max_new_tokens: int | None = None,
                  max_prompt_tokens: int | None = None, reference_model: str | PreTrainedModel | None = None,
                  device: str = "auto", dtype: str = "auto", render_mode: str | None = None,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, prompt_format: str = "auto") -> None:
         config = TextGenConfig(model=model, task=task, reward_model=reward_model, reward_kwargs=reward_kwargs,
                                kl_coef=kl_coef, kl_penalty=kl_penalty, max_new_tokens=max_new_tokens,
                                max_prompt_tokens=max_prompt_tokens, reference_model=reference_model,
-                               device=device, dtype=dtype, verbose=verbose)
+                               device=device, dtype=dtype, verbose=verbose, prompt_format=prompt_format)
         self._setup(config, batch_size=1, render_mode=render_mode)
         self.action_space = spaces.Discrete(self.batch.vocab_size)
         self.observation_space = observation_space(self.batch.vocab_size, self.batch.window)

@@ -15,10 +15,11 @@ failure) as if the failed one never happened.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import torch
@@ -47,10 +48,24 @@ class SlotState:
     ref_logprob_sum: float = 0.0
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_prompt_tokens: int) -> list[int]:
-    """Token ids of ``prompt`` (with the tokenizer's special prefix, e.g. BOS), left-truncated to the budget."""
+PROMPT_FORMATS = ("raw", "chat")
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_prompt_tokens: int, prompt_format: str = "raw",
+                  instruction: str = "{prompt}") -> list[int]:
+    """Token ids of ``prompt``, left-truncated to the budget.
+
+    ``"raw"``: the text itself with the tokenizer's special prefix (e.g. BOS), the agent continuing it.
+    ``"chat"``: ``instruction.format(prompt=prompt)`` as one user message through the tokenizer's chat
+    template, with the generation prompt: the agent writes the assistant's reply (ended by the template's
+    end-of-turn token, the model's EOS).
+    """
     check_prompt(prompt)
-    ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    if prompt_format == "chat":
+        messages = [{"role": "user", "content": instruction.format(prompt=prompt)}]
+        ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
+    else:
+        ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     if not ids:
         raise InvalidPromptError(f"prompt {prompt!r} encodes to no tokens")
     if len(ids) > max_prompt_tokens:
@@ -75,13 +90,23 @@ class EpisodeBatch:
     :param max_prompt_tokens: prompts are left-truncated to this many tokens.
     :param eos_token_ids: token ids that end an episode.
     :param batch_size: number of parallel episodes.
+    :param reference_pending: the reference is the policy's base model, attached later with
+        :meth:`attach_reference` (a LoRA policy: one copy of the base weights for both).
+    :param prompt_format: ``"raw"`` or ``"chat"`` (see :func:`encode_prompt`).
+    :param instruction: the user message of the chat format, ``{prompt}`` standing for the task's prompt.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, reward_model: RewardModel,
                  reference: PreTrainedModel | None, kl_coef: float, kl_penalty: str, max_new_tokens: int,
-                 max_prompt_tokens: int, eos_token_ids: frozenset[int], batch_size: int) -> None:
+                 max_prompt_tokens: int, eos_token_ids: frozenset[int], batch_size: int,
+                 reference_pending: bool = False, prompt_format: str = "raw", instruction: str = "{prompt}") -> None:
         if kl_penalty not in KL_PENALTIES:
             raise ConfigError(f"kl_penalty must be one of {KL_PENALTIES}, got {kl_penalty!r}")
+        if prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
+        self.prompt_format, self.instruction = prompt_format, instruction
+        self.reference_pending = reference_pending and reference is None
+        self.reference_context: Callable[[], ContextManager[Any]] = contextlib.nullcontext
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.reward_model = reward_model
@@ -108,10 +133,33 @@ class EpisodeBatch:
     @kl_coef.setter
     def kl_coef(self, value: float) -> None:
         value = check_real("kl_coef", value, 0.0, MAX_KL_COEF)
-        if value > 0 and self.reference is None:
+        if value > 0 and self.reference is None and not self.reference_pending:
             raise ConfigError(f"kl_coef={value} needs a reference model, but this env was created with kl_coef=0 "
                               "(which loads none): create it with kl_coef > 0")
         self._kl_coef = value
+
+    def attach_reference(self, model: Any, context: Callable[[], ContextManager[Any]]) -> None:
+        """Use ``model`` (run inside ``context()``, e.g. a LoRA policy's ``disable_adapter``) as the reference.
+
+        Only for a batch created with ``reference_pending``; call it before the first episode.
+        :raises ConfigError: if this batch has its own reference, or the model's vocabulary is too small.
+        """
+        if not self.reference_pending:
+            raise ConfigError("this env has its own reference model; a shared one can only be attached to an env "
+                              "created with reference_model='<policy>'")
+        rows = int(model.get_output_embeddings().weight.shape[0])
+        if rows < self.vocab_size:
+            raise ConfigError(f"the attached reference has a vocabulary of {rows} tokens, fewer than the env's "
+                              f"{self.vocab_size}")
+        self.reference, self.reference_context, self.reference_pending = model, context, False
+        if self.kl_penalty == "dense":
+            self.stepper = BatchedLMStepper(model, self.batch_size, self.pad_id, context=context)
+
+    def _check_reference(self) -> None:
+        if self.reference_pending and self.kl_coef > 0:
+            raise ConfigError("this env shares its reference model with the policy (reference_model='<policy>'), "
+                              "which is not attached yet: build the algorithm with a LoRA policy first (or call "
+                              "attach_reference)")
 
     # ------------------------------------------------------------------------------------ checkpoints
     def get_state(self) -> dict[str, Any]:
@@ -135,7 +183,8 @@ class EpisodeBatch:
     # ----------------------------------------------------------------------------------------- reset
     def encode(self, prompts: list[str]) -> list[list[int]]:
         """Token ids of ``prompts`` (validated; nothing is mutated): what :meth:`start` consumes."""
-        return [encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens) for prompt in prompts]
+        return [encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens, self.prompt_format, self.instruction)
+                for prompt in prompts]
 
     def start(self, slots: list[int], prompts: list[str], encoded: list[list[int]] | None = None) -> None:
         """Begin new episodes in ``slots`` from ``prompts`` (one batched reference prefill).
@@ -143,6 +192,7 @@ class EpisodeBatch:
         ``encoded`` (from :meth:`encode`) skips re-encoding prompts the caller already validated. Every
         prompt is encoded before anything changes: an invalid one raises with the batch untouched.
         """
+        self._check_reference()
         encoded = self.encode(prompts) if encoded is None else encoded
         if self.stepper is not None:
             logits = self.stepper.prefill(slots, encoded).logits
@@ -193,6 +243,7 @@ class EpisodeBatch:
         from their prospective tokens. If the reward model raises or returns bad scores, a
         :class:`~text_envs.errors.RewardModelError` naming it is raised and nothing has changed.
         """
+        self._check_reference()
         actions = self._validate(actions)
         ref_logp = np.zeros(self.batch_size)
         if self.stepper is not None:
@@ -205,7 +256,7 @@ class EpisodeBatch:
         ref_sums = {slot: self.slots[slot].ref_logprob_sum + float(ref_logp[slot]) for slot in finished}
         if finished and self.kl_penalty == "sparse" and self.reference is not None:
             sums = continuation_logprob_sums(self.reference, [self.slots[s].prompt_ids for s in finished],
-                                             [completions[s] for s in finished], self.pad_id)
+                                             [completions[s] for s in finished], self.pad_id, self.reference_context)
             ref_sums = dict(zip(finished, sums))
         scores = self._score(finished, completions) if finished else np.zeros(0)
         # ---- commit: nothing below raises for valid input

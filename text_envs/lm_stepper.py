@@ -17,10 +17,11 @@ makes the result equal (to float tolerance) to an uncached forward over each slo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, ContextManager, NamedTuple, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -87,10 +88,14 @@ class BatchedLMStepper:
     :param batch_size: number of parallel streams (slots).
     :param pad_id: token id used for padding (never attended to).
     :param output_hidden: also return the last-layer hidden state of the newest token (for value heads).
+    :param context: a zero-argument callable returning the context every forward runs in (e.g. a PEFT
+        model's ``disable_adapter``, to step the base model of a LoRA policy as the frozen reference).
     """
 
-    def __init__(self, model: PreTrainedModel, batch_size: int, pad_id: int, output_hidden: bool = False) -> None:
+    def __init__(self, model: PreTrainedModel, batch_size: int, pad_id: int, output_hidden: bool = False,
+                 context: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> None:
         self.model = model
+        self.context = context
         self.batch_size = batch_size
         self.pad_id = pad_id
         self.output_hidden = output_hidden
@@ -108,8 +113,9 @@ class BatchedLMStepper:
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                  cache: DynamicCache) -> StepOutput:
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=1, output_hidden_states=self.output_hidden, **{self.cache_keyword: cache})
+        with self.context():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             logits_to_keep=1, output_hidden_states=self.output_hidden, **{self.cache_keyword: cache})
         hidden = out.hidden_states[-1][:, -1].float() if self.output_hidden else None
         return StepOutput(out.logits[:, -1].float(), hidden)
 
@@ -212,7 +218,8 @@ class BatchedLMStepper:
 
 @torch.no_grad()
 def continuation_logprob_sums(model: PreTrainedModel, prefixes: Sequence[Sequence[int]],
-                              continuations: Sequence[Sequence[int]], pad_id: int) -> list[float]:
+                              continuations: Sequence[Sequence[int]], pad_id: int,
+                              context: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> list[float]:
     """``sum_t log p(c_t | prefix, c_<t)`` of each non-empty continuation, in ONE left-padded forward.
 
     With left padding every continuation ends at the last column, so the logits of the last
@@ -221,8 +228,9 @@ def continuation_logprob_sums(model: PreTrainedModel, prefixes: Sequence[Sequenc
     device = next(model.parameters()).device
     ids, mask = left_pad([list(p) + list(c) for p, c in zip(prefixes, continuations)], pad_id, device)
     width = max(len(c) for c in continuations)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
-                   logits_to_keep=width + 1, use_cache=False).logits[:, :-1]
+    with context():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                       logits_to_keep=width + 1, use_cache=False).logits[:, :-1]
     logp = torch.log_softmax(logits.float(), -1)  # (B, width, V): row r predicts its last `width` columns
     sums = []
     for row, continuation in enumerate(continuations):

@@ -537,9 +537,9 @@ def load_model(
     The first call also sets PyTorch's CPU thread count with :func:`configure_threads`, unless you
     called it yourself before.
 
-    :param name_or_path: An alias of :data:`MODEL_ALIASES`, a local folder, a hub id, or an already
-        loaded :class:`~transformers.PreTrainedModel` (moved, cast if ``dtype`` is not ``"auto"``, and
-        returned).
+    :param name_or_path: An alias of :data:`MODEL_ALIASES`, a local folder (a LoRA adapter folder too: its
+        base model is loaded and the adapters merged in), a hub id, or an already loaded model (moved,
+        cast if ``dtype`` is not ``"auto"``, and returned).
     :param device: See :func:`resolve_device`.
     :param dtype: See :func:`resolve_dtype`.
     :param trust_remote_code: Passed to ``AutoModelForCausalLM.from_pretrained``.
@@ -549,20 +549,51 @@ def load_model(
     :raises MissingDependencyError: If the alias needs a package that is not installed.
     :raises ConfigError: On a bad ``device`` or ``dtype``.
     """
-    from transformers import AutoModelForCausalLM, PreTrainedModel
+    import torch
+    from transformers import AutoModelForCausalLM
 
     if not _threads_configured:
         configure_threads()
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    if isinstance(name_or_path, PreTrainedModel):
+    if isinstance(name_or_path, torch.nn.Module):  # a loaded model (also a PEFT-wrapped one)
         keep_dtype = isinstance(dtype, str) and dtype.strip().lower() == "auto"
         model = name_or_path.to(device=torch_device) if keep_dtype else name_or_path.to(torch_device, torch_dtype)
         return model.eval()
+    source, _ = _resolve_source(name_or_path, convert=False)
+    if (Path(source) / ADAPTER_CONFIG).is_file():
+        return _load_adapter_folder(Path(source), torch_dtype, verbose).to(torch_device).eval()
     model = _from_pretrained(
         AutoModelForCausalLM, name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, verbose=verbose
     )
     return model.to(torch_device).eval()
+
+
+#: The file that marks a PEFT adapter folder (what a LoRA policy's ``save_pretrained`` writes).
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _load_adapter_folder(folder: Path, dtype: Any, verbose: bool) -> PreTrainedModel:
+    """A LoRA adapter folder: its base model (``base_model_name_or_path``, an alias, folder or hub id) with the
+    adapters merged in, as a plain model."""
+    import json
+
+    try:
+        from peft import PeftModel
+    except ImportError as error:
+        raise MissingDependencyError(f"{str(folder)!r} holds LoRA adapters; loading them needs peft: pip install "
+                                     "'textgen-rl[lora]'") from error
+    try:
+        base_name = json.loads((folder / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError) as error:
+        raise UnknownModelError(f"{str(folder)!r}: unreadable {ADAPTER_CONFIG} ({_first_line(error)})") from None
+    base = load_model(base_name, device="cpu", dtype=dtype, verbose=verbose)
+    try:
+        with quiet_transformers(verbose):
+            return PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+    except _LOCAL_LOAD_ERRORS as error:
+        raise UnknownModelError(f"{str(folder)!r} holds LoRA adapters that do not fit their base model "
+                                f"{base_name!r} ({_first_line(error)})") from None
 
 
 def model_availability() -> list[ModelStatus]:

@@ -54,12 +54,12 @@ class TextGenVectorEnv(TextGenBase, VectorEnv):
                  kl_coef: float = 0.05, kl_penalty: str = "dense", max_new_tokens: int | None = None,
                  max_prompt_tokens: int | None = None, reference_model: str | PreTrainedModel | None = None,
                  device: str = "auto", dtype: str = "auto", render_mode: str | None = None,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, prompt_format: str = "auto") -> None:
         num_envs = check_int("num_envs", num_envs, 1, MAX_NUM_ENVS)
         config = TextGenConfig(model=model, task=task, reward_model=reward_model, reward_kwargs=reward_kwargs,
                                kl_coef=kl_coef, kl_penalty=kl_penalty, max_new_tokens=max_new_tokens,
                                max_prompt_tokens=max_prompt_tokens, reference_model=reference_model,
-                               device=device, dtype=dtype, verbose=verbose)
+                               device=device, dtype=dtype, verbose=verbose, prompt_format=prompt_format)
         self.num_envs = num_envs
         self._setup(config, batch_size=num_envs, render_mode=render_mode)
         self.single_action_space = spaces.Discrete(self.batch.vocab_size)

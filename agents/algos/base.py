@@ -16,6 +16,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from agents.buffers import Episode, SequenceBatch, SequenceRolloutBuffer
 from agents.kl_control import AdaptiveKLController, FixedKLController
+from agents.lora import share_reference
 from agents.policy import TransformerPolicy
 from agents.rl_math import logprobs_and_entropy
 from text_envs.errors import ConfigError
@@ -93,6 +94,7 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
                                         **self.policy_kwargs)
         self.policy = self.policy.to(self.device)
+        share_reference(self)  # a LoRA policy's base is the reference of an env created with reference '<policy>'
         pad_id = int(self.policy.tokenizer.pad_token_id)
         self.rollout_buffer = SequenceRolloutBuffer(self.n_envs, pad_id, self.device,
                                                     group_size=self.rollout_group_size)

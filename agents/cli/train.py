@@ -68,6 +68,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "so eval reproduces the after figures")
     train.add_argument("--out", default=None,
                        help="run folder, new or empty (default: runs/<task>-<algo>-<date>-<time>)")
+    train.add_argument("--lora-r", type=positive_int, default=None,
+                       help="train LoRA adapters of this rank (peft) instead of every weight; the reference is then "
+                            "the base with the adapters disabled (default: full fine-tuning)")
+    train.add_argument("--lora-alpha", type=positive_float, default=None, help="LoRA alpha (default: 2 x rank)")
+    train.add_argument("--lora-targets", default="all-linear",
+                       help="modules that get adapters: all-linear, or comma-separated names (q_proj,v_proj)")
+    train.add_argument("--merge", action="store_true",
+                       help="with --lora-r: also export hf-merged/, the adapters merged into a plain model")
+    train.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute activations in the update: less memory for long sequences")
     train.add_argument("--checkpoint-every", type=non_negative_int, default=10,
                        help="updates between checkpoints (0: none); a killed run continues with --resume")
     train.add_argument("--resume", default=None, metavar="RUN",
@@ -164,6 +174,13 @@ def _validate_train(args: argparse.Namespace) -> Path:
         raise CLIError(f"--kl-target applies to token-ppo and the critic-free algorithms, not to {args.algo}")
     if args.kl_target is not None and args.kl_coef == 0:
         raise CLIError("--kl-target adapts the KL coefficient: it needs --kl-coef > 0 (a reference model)")
+    if args.lora_r is None and (args.merge or args.lora_alpha is not None or args.lora_targets != "all-linear"):
+        raise CLIError("--merge, --lora-alpha and --lora-targets apply to LoRA training: add --lora-r R")
+    if args.lora_r is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("peft") is None:
+            raise CLIError("--lora-r needs the peft package: pip install 'textgen-rl[lora]'")
     _check_common(args)
     return _check_out(args.out, args.task, args.algo)
 
@@ -183,7 +200,9 @@ def _settings(args: argparse.Namespace) -> Any:
                        max_new_tokens=args.max_new_tokens, device=args.device, threads=args.threads,
                        timesteps=args.timesteps, kl_coef=args.kl_coef, kl_target=args.kl_target,
                        num_envs=args.num_envs, learning_rate=args.learning_rate, seed=args.seed,
-                       eval_n=args.eval_n, eval_seed=args.eval_seed, checkpoint_every=args.checkpoint_every)
+                       eval_n=args.eval_n, eval_seed=args.eval_seed, checkpoint_every=args.checkpoint_every,
+                       lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
+                       merge=args.merge, gradient_checkpointing=args.gradient_checkpointing)
 
 
 def _resumed_run(args: argparse.Namespace) -> tuple[Path, Any]:

@@ -123,6 +123,8 @@ class Task:
         reward_kwargs: default keyword arguments for that reward model.
         max_new_tokens: generation budget per episode (> 0).
         source: where the data came from (packages, files, licence).
+        instruction: the user message a chat model (``prompt_format="chat"``) receives, ``{prompt}``
+            standing for the prompt, e.g. ``"Continue this sentence: {prompt}"``.
     """
 
     name: str
@@ -133,6 +135,7 @@ class Task:
     reward_kwargs: Mapping[str, Any] = field(default_factory=dict, hash=False)
     max_new_tokens: int = 24
     source: str = ""
+    instruction: str = "{prompt}"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -149,6 +152,9 @@ class Task:
         if not isinstance(self.reward_kwargs, Mapping):
             raise ConfigError(f"Task.reward_kwargs of task {self.name!r} must be a mapping, got {self.reward_kwargs!r}")
         object.__setattr__(self, "reward_kwargs", FrozenKwargs(self.reward_kwargs))
+        if not isinstance(self.instruction, str) or "{prompt}" not in self.instruction:
+            raise ConfigError(f"Task.instruction of task {self.name!r} must be a string containing '{{prompt}}', "
+                              f"got {self.instruction!r}")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
                 or self.max_new_tokens <= 0:
             raise ConfigError(f"Task.max_new_tokens of task {self.name!r} must be a positive integer, "
@@ -305,7 +311,7 @@ def write_examples_jsonl(path: str | Path, train: Sequence[TaskExample], eval: S
 
 def load_task_jsonl(path: str | Path, name: str, *, reward: str, description: str = "",
                     reward_kwargs: Mapping[str, Any] | None = None, max_new_tokens: int = 24,
-                    source: str = "") -> Task:
+                    source: str = "", instruction: str = "{prompt}") -> Task:
     """Build a :class:`Task` from a JSONL task file (see the module docstring for the format)."""
     splits = read_examples_jsonl(path)
     for split, examples in splits.items():
@@ -313,7 +319,7 @@ def load_task_jsonl(path: str | Path, name: str, *, reward: str, description: st
             raise ConfigError(f"{path}: no {split!r} lines; a task file needs both 'train' and 'eval' examples")
     return Task(name=name, description=description, train=splits["train"], eval=splits["eval"], reward=reward,
                 reward_kwargs=dict(reward_kwargs or {}), max_new_tokens=max_new_tokens,
-                source=source or f"JSONL file {Path(path)}")
+                source=source or f"JSONL file {Path(path)}", instruction=instruction)
 
 
 # --------------------------------------------------------------------------------------------

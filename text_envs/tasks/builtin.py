@@ -50,6 +50,7 @@ class BuiltinTaskSpec:
     max_new_tokens: int
     source: str
     reward_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    instruction: str = "{prompt}"  # the user message of the chat format (prompt_format="chat")
 
     @property
     def path(self) -> Path:
@@ -61,7 +62,7 @@ class BuiltinTaskSpec:
                               f"(rebuild it with `python scripts/build_tasks.py --only {self.name}`)")
         return load_task_jsonl(self.path, self.name, reward=self.reward, description=self.description,
                                reward_kwargs=self.reward_kwargs, max_new_tokens=self.max_new_tokens,
-                               source=self.source)
+                               source=self.source, instruction=self.instruction)
 
 
 BUILTIN_TASKS: tuple[BuiltinTaskSpec, ...] = (
@@ -70,6 +71,7 @@ BUILTIN_TASKS: tuple[BuiltinTaskSpec, ...] = (
         description="Continue the opening of a fortune/quotation so that the continuation is positive.",
         reward="sentiment",
         max_new_tokens=20,
+        instruction="Continue this sentence: {prompt}",
         source="Openings (first 4-8 words) of " + _FORTUNES.format(
             files="* except art, ascii-art, men-women, people, politics") + _BUILD,
     ),
@@ -87,6 +89,7 @@ BUILTIN_TASKS: tuple[BuiltinTaskSpec, ...] = (
                     "offensive language.",
         reward="toxicity",
         max_new_tokens=20,
+        instruction="Continue this sentence: {prompt}",
         source="Openings (first 4-8 words) of " + _FORTUNES.format(files="{men-women,people,politics}") + _BUILD,
     ),
     BuiltinTaskSpec(
