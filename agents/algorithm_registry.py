@@ -69,6 +69,11 @@ ALGORITHMS: dict[str, AlgoSpec] = {
                  defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16}),
         AlgoSpec("grpo", "GRPO: group-normalised advantages, clipped ratio", _agents("GRPO"),
                  defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16}),
+        AlgoSpec("dr-grpo", "Dr. GRPO: GRPO without std scaling or length normalisation", _agents("GRPO"),
+                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16, "loss_type": "dr_grpo"}),
+        AlgoSpec("dapo", "DAPO: clip-higher, token-level loss, dynamic sampling", _agents("GRPO"),
+                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16, "loss_type": "dapo",
+                           "clip_range_low": 0.2, "clip_range_high": 0.28}),
     )
 }
 

@@ -1,15 +1,22 @@
-"""``agents.compare`` / ``textgen-rl compare``: registry, files, resume, errors, bootstrap CI."""
+"""``agents.compare`` / ``textgen-rl compare``: registry, files, resume, errors, rliable statistics."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import math
+import sys
+from importlib.metadata import version
 
 import pytest
 
 import agents
 import agents.compare as cmp
-from text_envs.errors import ConfigError
+from agents.cli import compare as cli_compare
+from text_envs import __version__
+from text_envs.errors import ConfigError, MissingDependencyError
+
 FAST = {"n_steps": 8, "batch_size": 8}
 
 
@@ -17,14 +24,82 @@ def test_package_exports_compare():
     assert agents.compare_algorithms is cmp.compare and callable(agents.compare_algorithms)
 
 
-def test_bootstrap_ci_on_known_data():
-    assert cmp.bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
-    assert cmp.bootstrap_ci([0.7]) == (0.7, 0.7, 0.7)
-    # resampled means of [0, 1] are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4
-    assert cmp.bootstrap_ci([0.0, 1.0]) == (0.5, 0.0, 1.0)
-    mean, low, high = cmp.bootstrap_ci(list(range(10)), confidence=0.95)
-    assert mean == 4.5 and 2.5 < low < 4.5 < high < 6.5
-    assert all(v != v for v in cmp.bootstrap_ci([float("nan")]))
+def synthetic_runs(scores: dict[tuple[str, str], list[float]], untrained: dict[str, float]) -> list[dict]:
+    """Run records as compare writes them, with the given final scores per (task, algo), seed by seed."""
+    runs = []
+    for (task, algo), values in scores.items():
+        for seed, value in enumerate(values):
+            runs.append({"task": task, "algo": algo, "seed": seed, "score_mean": value,
+                         "initial_score_mean": untrained[task], "kl_mean": 1.0, "tokens_per_s": 100.0,
+                         "timesteps": 64, "curve": [{"tokens": 0, "score_mean": untrained[task]},
+                                                    {"tokens": 64 + seed, "score_mean": value}]})
+    return runs
+
+
+def test_analysis_normalises_and_aggregates_by_hand():
+    # task t: untrained 0; x ends at (1, 3) (mean 2, the best), y at (0, 1) -> normalised x (.5, 1.5), y (0, .5)
+    # task u: untrained 1; nobody ends above 1 -> no scale: left out of the aggregates, kept for P(X > Y)
+    runs = synthetic_runs({("t", "x"): [1.0, 3.0], ("t", "y"): [0.0, 1.0], ("u", "x"): [0.5, 0.5],
+                           ("u", "y"): [1.0, 0.0]}, {"t": 0.0, "u": 1.0})
+    analysis = cmp.analyze(runs, reps=500)
+    assert analysis.tasks == ["t"] and analysis.excluded == ["u"]
+    assert analysis.normalization["t"].source == "best mean: x" and analysis.normalization["t"].reference == 2.0
+    assert analysis.normalized["x"].tolist() == [[0.5], [1.5]] and analysis.normalized["y"].tolist() == [[0.0], [0.5]]
+    assert analysis.aggregate["x"]["mean"].point == pytest.approx(1.0)
+    assert analysis.aggregate["y"]["optimality gap"].point == pytest.approx(1 - 0.25)
+    # task t: x beats y in 1>0, 1=1 (1/2), 3>0, 3>1 -> 3.5/4; task u: .5 vs 1 and 0 -> 1/2 -> mean .6875
+    assert analysis.improvement[("x", "y")].point == pytest.approx((0.875 + 0.5) / 2)
+    rows = {(r["task"], r["algo"]): r for r in analysis.rows}
+    assert rows[("t", "x")]["best"] and rows[("t", "x")]["normalized_mean"] == pytest.approx(1.0)
+    assert rows[("t", "y")]["ci_low"] == 0.0 and rows[("t", "y")]["ci_high"] == 1.0  # resamples of (0, 1)
+    assert math.isnan(rows[("u", "x")]["normalized_iqm"])
+    summary = cmp.summary_markdown(analysis, 64)
+    headings = [summary.index(h) for h in ("## Across tasks", "## Probability of improvement", "## Per task")]
+    assert headings == sorted(headings) and "| x | 4 |" not in summary and "| x | 2 | 1.000 |" in summary
+    assert "Left out (no algorithm's mean final score above the untrained model's, so no scale): u." in summary
+    assert "| x | - | 0.69 [" in summary
+
+
+def test_fixed_references_and_sweeps_without_any_scale():
+    runs = synthetic_runs({("t", "x"): [0.0, 0.0], ("t", "y"): [-1.0, 0.0]}, {"t": 0.0})
+    analysis = cmp.analyze(runs, reps=100)
+    assert analysis.tasks == [] and analysis.aggregate == {} and analysis.taus is None
+    assert "No task could be normalised" in cmp.summary_markdown(analysis, 64)
+    fixed = cmp.analyze(runs, reps=100, references={"t": 4.0})
+    assert fixed.normalization["t"].source == "fixed" and fixed.normalized["y"].tolist() == [[-0.25], [0.0]]
+
+
+def test_cross_task_statistics_need_the_same_seeds_on_every_task():
+    runs = synthetic_runs({("t", "x"): [1.0, 2.0], ("u", "x"): [1.0]}, {"t": 0.0, "u": 0.0})
+    with pytest.raises(ConfigError, match="same seeds of 'x' on every task"):
+        cmp.analyze(runs, reps=10)
+
+
+def test_bad_statistics_settings_fail_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(cmp, "run_one", lambda *a, **k: pytest.fail("a run started"))
+    with pytest.raises(ConfigError, match="reference score for task 'length', which is not in the sweep"):
+        cmp.compare(algos="grpo", references={"length": 1.0}, out=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="reference score of task 'sentiment' must be a finite number, got nan"):
+        cmp.compare(algos="grpo", references={"sentiment": float("nan")}, out=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="bootstrap reps must be a positive int, got 0"):
+        cmp.compare(algos="grpo", bootstrap_reps=0, out=tmp_path, progress=False)
+    monkeypatch.setitem(sys.modules, "rliable", None)
+    with pytest.raises(MissingDependencyError, match="textgen-rl"):
+        cmp.compare(algos="grpo", out=tmp_path, progress=False)
+
+
+def test_cli_reference_argument():
+    from agents.cli.compare import task_reference
+    from agents.statistics import DEFAULT_REPS
+
+    assert task_reference("sentiment=0.5") == ("sentiment", 0.5)
+    for bad in ("sentiment", "=1", "sentiment=inf", "sentiment=x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="TASK=SCORE"):
+            task_reference(bad)
+    parser = argparse.ArgumentParser()
+    cli_compare.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["compare", "--reference", "a=1", "--reference", "b=2"])
+    assert args.reference == [("a", 1.0), ("b", 2.0)] and args.bootstrap_reps == DEFAULT_REPS
 
 
 def test_unknown_algorithm_lists_the_known_ones(tmp_path):
@@ -117,3 +192,33 @@ def test_compare_cache_is_keyed_by_the_whole_configuration(tiny_gpt2_dir, tmp_pa
         assert result.runs[0]["config"] != first.runs[0]["config"]
     assert cmp.compare(**kwargs).counts == {"trained": 0, "resumed": 0, "reused": 1}
     assert len(list((tmp_path / "cmp" / "runs").glob("*.json"))) == 5
+
+
+def test_compare_records_configuration_versions_and_statistics(tiny_gpt2_dir, tmp_path):
+    out = tmp_path / "cmp"
+    result = cmp.compare(tasks="sentiment", algos="grpo,dapo", seeds=2, timesteps=64, out=out,
+                         model=str(tiny_gpt2_dir), num_envs=4, eval_n=4, device="cpu",
+                         hyperparams={"grpo": FAST, "dapo": FAST}, progress=False, references={"sentiment": 5.0},
+                         bootstrap_reps=200)
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == list(cmp.RESULT_COLUMNS)
+    stems = {path.stem for path in (out / "runs").glob("*.json")}
+    for row, run in zip(rows, result.runs):
+        assert row["config_key"] in stems and row["config_key"].startswith(f"sentiment__{row['algo']}__seed")
+        assert json.loads(row["hyperparams"]) == run["config"]["hyperparams"]
+        assert (row["model"], row["num_envs"], row["eval_n"], row["kl_coef"], row["budget"]) == (
+            str(tiny_gpt2_dir.resolve()), "4", "4", "0.05", "64")
+        assert row["torch_version"] == version("torch") and row["gymnasium_version"] == version("gymnasium")
+        assert row["transformers_version"] == version("transformers")
+        assert row["stable_baselines3_version"] == version("stable-baselines3")
+        assert row["text_envs_version"] == __version__
+    assert json.loads(rows[-1]["hyperparams"])["loss_type"] == "dapo"
+    summary = result.summary_markdown
+    assert summary.index("## Across tasks") < summary.index("| P(row > column) | grpo | dapo |") < summary.index(
+        "## Per task")
+    assert "sentiment: " in summary and "(fixed)" in summary
+    assert set(result.statistics.aggregate) == {"grpo", "dapo"}
+    for figure in (result.curves_png, result.intervals_png, result.profiles_png):
+        assert figure is not None and figure.stat().st_size > 0
+    assert (result.intervals_png.name, result.profiles_png.name) == ("intervals.png", "profiles.png")

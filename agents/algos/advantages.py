@@ -10,6 +10,9 @@ import torch
 
 from text_envs.errors import ConfigError
 
+#: A group whose returns have a standard deviation below this has "zero variance" (all its advantages are 0).
+ZERO_STD = 1e-8
+
 
 def sequence_returns(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Undiscounted return of each sequence, ``sum_t r_t`` over real tokens: ``(N, T), (N, T) -> (N,)``.
@@ -48,6 +51,13 @@ def group_normalized_advantages(returns: torch.Tensor, group_size: int, scale_re
     if scale_rewards:
         centred = centred / (grouped.std(-1, keepdim=True) + eps)
     return centred.reshape(-1)
+
+
+def informative_groups(returns: torch.Tensor, group_size: int, tol: float = ZERO_STD) -> torch.Tensor:
+    """DAPO's dynamic-sampling filter: which groups have returns of non-zero variance (standard deviation
+    above ``tol``), i.e. give a non-zero advantage to some sequence. ``(N,) -> (G,)`` bool."""
+    grouped = _grouped(returns, group_size)  # (G, k)
+    return grouped.std(-1) > tol
 
 
 def moving_average_baseline(baseline: float | None, returns: torch.Tensor, decay: float) -> float:

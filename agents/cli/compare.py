@@ -1,14 +1,28 @@
 """``textgen-rl compare``: several algorithms x seeds (x tasks) with the same budget of generated tokens.
 
-Writes ``results.csv``, ``summary.md`` and ``curves.png`` under ``--out`` (see :func:`agents.compare.compare`);
+Writes ``results.csv``, ``summary.md`` (rliable's cross-task IQM table and probability-of-improvement matrix
+first), ``curves.png``, ``intervals.png`` and ``profiles.png`` under ``--out`` (see :func:`agents.compare.compare`);
 rerunning the same command skips the runs already finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 
 from agents.cli.arguments import non_negative_float, non_negative_int, positive_float, positive_int
+
+
+def task_reference(text: str) -> tuple[str, float]:
+    """``TASK=SCORE`` (a fixed reference score of a task) as ``(task, score)``."""
+    task, sep, value = text.partition("=")
+    try:
+        score = float(value)
+    except ValueError:
+        score = math.nan
+    if not sep or not task.strip() or not math.isfinite(score):
+        raise argparse.ArgumentTypeError(f"expected TASK=SCORE with a finite SCORE, got {text!r}")
+    return task.strip(), score
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("compare", help="compare RL algorithms with the same token budget",
                                    description="Train every algorithm x seed (x task) for the same number of "
                                                "generated tokens, evaluate on the same held-out prompts, and write "
-                                               "results.csv, summary.md and curves.png. Resumable.")
+                                               "results.csv, summary.md (rliable statistics: cross-task IQM, "
+                                               "probability of improvement), curves.png, intervals.png and "
+                                               "profiles.png. Resumable.")
     parser.add_argument("--task", default="sentiment", help="task name (see `textgen-rl tasks`)")
     parser.add_argument("--tasks", default=None, help="several tasks, comma-separated (overrides --task)")
     parser.add_argument("--algos", default="token-ppo,ppo,reinforce,rloo,grpo",
@@ -39,7 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint-every", type=non_negative_int, default=10,
                         help="updates between the checkpoints of each run (0: none); a killed compare resumes "
                              "its unfinished runs mid-way when rerun")
-    parser.add_argument("--no-plot", action="store_true", help="skip curves.png")
+    parser.add_argument("--reference", type=task_reference, action="append", default=None, metavar="TASK=SCORE",
+                        help="fixed reference score of a task (normalised score 1; repeatable); default: the best "
+                             "mean final score of any algorithm of the sweep on the task")
+    parser.add_argument("--bootstrap-reps", type=positive_int, default=2000,  # agents.statistics.DEFAULT_REPS
+                        help="stratified-bootstrap resamples of every confidence interval")
+    parser.add_argument("--no-plot", action="store_true", help="skip curves.png, intervals.png and profiles.png")
     parser.set_defaults(func=run_compare)
 
 
@@ -55,9 +76,11 @@ def run_compare(args: argparse.Namespace) -> int:
     result = compare(tasks=args.tasks or args.task, algos=algos, seeds=args.seeds, timesteps=args.timesteps,
                      out=args.out, model=args.model, num_envs=args.num_envs, eval_n=args.eval_n,
                      kl_coef=args.kl_coef, device=args.device, hyperparams=hyperparams, plot=not args.no_plot,
-                     checkpoint_every=args.checkpoint_every)
+                     checkpoint_every=args.checkpoint_every, references=dict(args.reference or []),
+                     bootstrap_reps=args.bootstrap_reps)
     print(result.summary_markdown, end="")
-    print(f"wrote {result.results_csv}, {result.summary_md}" + (f", {result.curves_png}" if result.curves_png else "")
+    figures = [path for path in (result.curves_png, result.intervals_png, result.profiles_png) if path is not None]
+    print(f"wrote {', '.join(str(p) for p in (result.results_csv, result.summary_md, *figures))}"
           + f"; runs: {result.counts['trained']} trained, {result.counts['resumed']} resumed, "
             f"{result.counts['reused']} reused")
     return 0
