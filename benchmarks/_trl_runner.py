@@ -71,9 +71,11 @@ def critic_free_trainer(args, steps: int, output_dir: str):
     from transformers import AutoTokenizer
 
     if args.algo == "grpo":
-        from trl import GRPOConfig as Config, GRPOTrainer as Trainer
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
     else:
-        from trl import RLOOConfig as Config, RLOOTrainer as Trainer
+        from trl import RLOOConfig as Config
+        from trl import RLOOTrainer as Trainer
     tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
     prompts = [common.PROMPTS[i % len(common.PROMPTS)] for i in range(max(64, args.batch))]
     dataset = Dataset.from_dict({"prompt": prompts})

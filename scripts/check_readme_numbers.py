@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from text_envs.atomic import write_text_atomic  # noqa: E402
+
 README = REPO / "README.md"
 BEGIN = "<!-- main-job-table: begin (written and checked by scripts/check_readme_numbers.py; do not edit) -->"
 END = "<!-- main-job-table: end -->"

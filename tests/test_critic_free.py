@@ -7,11 +7,16 @@ import torch
 from stable_baselines3.common.utils import obs_as_tensor
 
 from agents import GRPO, RLOO, Reinforce, TransformerPolicy, make_text_vec_env
-from agents.algos.advantages import (broadcast_to_tokens, group_normalized_advantages, leave_one_out_advantages,
-                                     moving_average_baseline, sequence_returns)
+from agents.algos.advantages import (
+    broadcast_to_tokens,
+    group_normalized_advantages,
+    leave_one_out_advantages,
+    moving_average_baseline,
+    sequence_returns,
+)
 from agents.buffers import Episode, SequenceRolloutBuffer
-from text_envs.errors import ConfigError
 from tests.micro import TOKEN_A, build_micro_model, count_a, micro_task
+from text_envs.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,11 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from transformers import GPT2LMHeadModel
 
 import text_envs  # noqa: F401
+from tests.micro import build_micro_model
 from text_envs.env import TextGenEnv
 from text_envs.episode_batch import PromptTruncatedWarning
-from text_envs.errors import (ConfigError, EpisodeFinishedError, InvalidActionError, InvalidPromptError,
-                              RewardModelError)
+from text_envs.errors import ConfigError, EpisodeFinishedError, InvalidActionError, InvalidPromptError, RewardModelError
 from text_envs.tasks import list_tasks
-from tests.micro import build_micro_model
 
 
 def make_env(model_dir: Path, **kwargs):

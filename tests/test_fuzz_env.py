@@ -27,10 +27,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.micro import MICRO_VOCAB, build_micro_model, count_a, micro_task
 from text_envs.env import TextGenEnv
 from text_envs.errors import TextEnvsError
 from text_envs.vector_env import TextGenVectorEnv
-from tests.micro import MICRO_VOCAB, build_micro_model, count_a, micro_task
 
 VOCAB = len(MICRO_VOCAB)
 EOS = MICRO_VOCAB["</s>"]

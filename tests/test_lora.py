@@ -16,8 +16,8 @@ import torch
 from agents import GRPO, TokenPPO, TransformerPolicy, make_text_vec_env
 from agents.algorithm_registry import LEARNING_RATES, default_hyperparameters, make_algorithm
 from agents.lora import LoraSettings, share_reference
-from text_envs.errors import ConfigError
 from tests.micro import build_micro_model, count_a, micro_task, prob_of_a
+from text_envs.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ from stable_baselines3.common.utils import obs_as_tensor
 from transformers import AutoModelForCausalLM, pipeline
 
 from agents import MaskableTransformerPolicy, TransformerPolicy, make_text_vec_env
-from text_envs.errors import ConfigError
 from tests.micro import build_micro_model, micro_env, prob_of_a
+from text_envs.errors import ConfigError
 
 
 def vec_env(model_dir, n=3, **kwargs):

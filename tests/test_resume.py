@@ -7,8 +7,14 @@ import random
 
 import pytest
 
-from scripts.kill_resume_trials import (TRAIN_ARGS, compare_reference, compare_trial, finish, run_fingerprint,
-                                        train_trial)
+from scripts.kill_resume_trials import (
+    TRAIN_ARGS,
+    compare_reference,
+    compare_trial,
+    finish,
+    run_fingerprint,
+    train_trial,
+)
 
 
 @pytest.fixture(scope="module")

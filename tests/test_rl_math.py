@@ -8,9 +8,20 @@ import pytest
 import torch
 
 from agents.kl_control import AdaptiveKLController, FixedKLController
-from agents.rl_math import (MASKED_LOGIT, clipped_policy_loss, clipped_value_loss, entropy_from_logits, filter_mask,
-                            gae, gather_logprobs, kl_estimate, logprobs_and_entropy, masked_mean, masked_whiten,
-                            process_logits)
+from agents.rl_math import (
+    MASKED_LOGIT,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    filter_mask,
+    gae,
+    gather_logprobs,
+    kl_estimate,
+    logprobs_and_entropy,
+    masked_mean,
+    masked_whiten,
+    process_logits,
+)
 from text_envs.errors import ConfigError
 
 

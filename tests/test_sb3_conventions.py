@@ -12,8 +12,8 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize
 
 import text_envs  # noqa: F401  (registers TextGen-v0)
 from agents import GRPO, TokenPPO, TransformerPolicy
-from text_envs.errors import InvalidObservationError
 from tests.micro import build_micro_model, micro_env
+from text_envs.errors import InvalidObservationError
 
 ENV_KWARGS = {"task": "sentiment", "max_new_tokens": 4, "kl_coef": 0.05}
 

@@ -12,8 +12,8 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 from agents import TokenPPO, TransformerPolicy
 from agents.buffers import Episode, SequenceRolloutBuffer
-from text_envs.errors import ConfigError
 from tests.micro import build_micro_model, micro_env, prob_of_a
+from text_envs.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ trained (its forward still runs, its output is ignored).
 from __future__ import annotations
 
 from abc import abstractmethod
-
 from typing import Any
 
 import numpy as np

@@ -16,7 +16,6 @@ import sys
 import time
 from typing import Any
 
-
 LABEL_EXAMPLE = "textgen-rl label --model tiny --task sentiment --n 20 --k 2 --out feedback.jsonl"
 ORACLE_EXAMPLE = "textgen-rl label --model tiny --task sentiment --n 300 --k 2 --out synthetic.jsonl --oracle length"
 
@@ -88,9 +87,8 @@ def _register_label(subparsers: Any) -> None:
 
 
 def _validate_label_args(args: argparse.Namespace) -> None:
-    from text_envs.errors import ConfigError
-
     from agents.rlhf.label_server import check_loopback_host
+    from text_envs.errors import ConfigError
 
     check_loopback_host(args.host)
     if args.n < 1:

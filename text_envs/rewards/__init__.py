@@ -19,12 +19,13 @@ built, so importing this package is cheap): ``sentiment``, ``toxicity``, ``conce
 
 from __future__ import annotations
 
+from text_envs.rewards import learned  # noqa: E402,F401  (registers "learned")
 from text_envs.rewards.base import (
     RewardInfo,
     RewardModel,
     RewardSpec,
-    Targets,
     TargetLookup,
+    Targets,
     ValidatedReward,
     get_reward_info,
     list_rewards,
@@ -33,18 +34,17 @@ from text_envs.rewards.base import (
     resolve_device,
     validate_scores,
 )
+from text_envs.rewards.composite import CompositeReward  # noqa: E402
+from text_envs.rewards.concepts import ConceptsReward  # noqa: E402
+from text_envs.rewards.exact_match import ExactMatchReward  # noqa: E402
+from text_envs.rewards.hf_classifier import HFClassifierReward  # noqa: E402
+from text_envs.rewards.length import FormatReward, LengthReward  # noqa: E402
+from text_envs.rewards.reference import ReferenceReward  # noqa: E402
 
 # importing each module registers its reward model(s)
 from text_envs.rewards.sentiment import SentimentReward  # noqa: E402
-from text_envs.rewards.toxicity import ToxicityReward  # noqa: E402
-from text_envs.rewards.concepts import ConceptsReward  # noqa: E402
-from text_envs.rewards.length import FormatReward, LengthReward  # noqa: E402
-from text_envs.rewards.reference import ReferenceReward  # noqa: E402
 from text_envs.rewards.similarity import SimilarityReward  # noqa: E402
-from text_envs.rewards.exact_match import ExactMatchReward  # noqa: E402
-from text_envs.rewards.hf_classifier import HFClassifierReward  # noqa: E402
-from text_envs.rewards.composite import CompositeReward  # noqa: E402
-from text_envs.rewards import learned  # noqa: E402,F401  (registers "learned")
+from text_envs.rewards.toxicity import ToxicityReward  # noqa: E402
 
 __all__ = [
     "RewardModel",

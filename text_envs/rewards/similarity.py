@@ -12,7 +12,14 @@ import numpy as np
 
 from text_envs.errors import MissingDependencyError
 from text_envs.rewards._hf import load_tokenizer_and_model, max_length_of
-from text_envs.rewards.base import TargetLookup, Targets, check_positive_int, iter_chunks, register_reward, resolve_device
+from text_envs.rewards.base import (
+    TargetLookup,
+    Targets,
+    check_positive_int,
+    iter_chunks,
+    register_reward,
+    resolve_device,
+)
 
 __all__ = ["SimilarityReward", "default_encoder_path"]
 
