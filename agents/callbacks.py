@@ -82,6 +82,9 @@ class TokenProgressBar(ProgressBarCallback):
         self.pbar.update(self.model.num_timesteps - self._start - self.pbar.n)
         if self.pbar.n > self.pbar.total:
             self.pbar.total = self.pbar.n
+            progress = getattr(self.pbar, "_prog", None)  # tqdm.rich draws its own total: update it too
+            if progress is not None:
+                progress.update(self.pbar._task_id, total=self.pbar.total)
         super()._on_training_end()
 
 

@@ -1,11 +1,11 @@
 """Rerun the README's main job and check that its table still says what the job prints.
 
-    python scripts/check_readme_numbers.py            # rerun `textgen-rl train --threads 1`, compare, exit 1 on a difference
+    python scripts/check_readme_numbers.py            # rerun the Makefile's MAIN_JOB, compare, exit 1 on a difference
     python scripts/check_readme_numbers.py --update   # rerun and rewrite the table in README.md
     python scripts/check_readme_numbers.py --run-dir runs/main-job   # check an existing run folder instead
 
 The table lives between two marker comments in README.md and is rendered from the run's ``eval.json``
-by :func:`render`, at the precision the README prints: a deterministic run (one thread, fixed seeds)
+by :func:`render`, at the precision the README prints: a deterministic run (fixed threads and seeds)
 reproduces it character for character, so any difference means the code, the locked versions or the
 machine changed the figures. CI runs this script on the lock.
 """
@@ -28,8 +28,15 @@ from text_envs.atomic import write_text_atomic  # noqa: E402
 README = REPO / "README.md"
 BEGIN = "<!-- main-job-table: begin (written and checked by scripts/check_readme_numbers.py; do not edit) -->"
 END = "<!-- main-job-table: end -->"
-#: The main job as `make train` runs it (the Makefile's command).
-COMMAND = ["train", "--threads", "1"]
+def main_job_command() -> list[str]:
+    """The main job as `make train` runs it: the Makefile's ``MAIN_JOB :=`` line."""
+    for line in (REPO / "Makefile").read_text().splitlines():
+        if line.startswith("MAIN_JOB :="):
+            return line.split(":=", 1)[1].split()
+    raise SystemExit("the Makefile has no 'MAIN_JOB := ...' line")
+
+
+COMMAND = main_job_command()
 
 
 def _signed(value: float) -> str:
@@ -44,7 +51,7 @@ def render(summary: dict) -> str:
         "| run | held-out score before → after (± SE) | KL to reference after (nats/sequence) "
         "| distinct-2 before → after | generated tokens |",
         "|---|---|---:|---|---:|",
-        f"| `textgen-rl {' '.join(COMMAND)}` (seed {summary['seed']}) "
+        f"| `make train` (seed {summary['seed']}) "
         f"| {_signed(before['score_mean'])} ± {before['score_se']:.3f} → **{_signed(after['score_mean'])}** "
         f"± {after['score_se']:.3f} | {after['kl_mean']:.2f} | {before['distinct_2']:.3f} → {after['distinct_2']:.3f} "
         f"| {summary['timesteps']:,} |",

@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 WALL_CLOCK_COLUMNS = ("time/fps", "time/time_elapsed")
-TRAIN_ARGS = ["--timesteps", "512", "--num-envs", "4", "--eval-n", "4", "--max-new-tokens", "8",
+TRAIN_ARGS = ["--timesteps", "1024", "--num-envs", "4", "--eval-n", "4", "--max-new-tokens", "8",
               "--checkpoint-every", "1"]
 COMPARE_ARGS = ["--task", "sentiment", "--algos", "token-ppo,grpo", "--seeds", "1", "--timesteps", "512",
                 "--eval-n", "4", "--num-envs", "4", "--checkpoint-every", "1", "--no-plot"]

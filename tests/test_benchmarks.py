@@ -90,3 +90,13 @@ def test_gpu_check_at_toy_size(tmp_path):
     for row in result["rows"]:
         assert row["rollout_vs_generate"] > 0 and row["update_vs_plain"] > 0
         assert row["logprob_abs_diff_bf16_fp32_mean"] < 0.1
+
+
+def test_flops_benchmark_at_toy_size(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "flops.py"), "--model", "tiny", "--batch",
+                           "4", "--new-tokens", "4", "--out", str(tmp_path)], capture_output=True, text=True,
+                          cwd=str(REPO_ROOT), timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "flops.json").read_text())
+    assert result["matmul_flops"] > 1e8 and set(result["results"]) == {"full", "lora"}
+    assert all(0 < v for v in result["ratios"].values())

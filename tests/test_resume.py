@@ -42,6 +42,8 @@ def references(tmp_path_factory, tiny_gpt2_dir):
 def test_killed_run_resumes_to_the_uninterrupted_result(algo, kind, seed, references, tmp_path, tiny_gpt2_dir):
     outcome = train_trial(algo, tmp_path / "run", kind, random.Random(seed), references(algo), str(tiny_gpt2_dir))
     assert outcome.startswith("pass"), outcome
+    if kind != "random":  # the kill during a save must really have happened
+        assert "(killed" in outcome, outcome
 
 
 @pytest.mark.slow
