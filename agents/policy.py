@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -153,7 +154,11 @@ class TransformerPolicyCore:
         if self.lora is not None:
             from peft import get_peft_model
 
-            self.lm = get_peft_model(self.lm, self.lora.peft_config(self.lm.config.model_type))
+            with warnings.catch_warnings():
+                # peft reads transformers' deprecated `is_gradient_checkpointing` (peft's call, not ours):
+                # ignored for this one message so that every LoRA run does not print it.
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+                self.lm = get_peft_model(self.lm, self.lora.peft_config(self.lm.config.model_type))
         hidden = self.lm.config.get_text_config().hidden_size
         self.value_model = None
         if self.value_trunk == "separate":

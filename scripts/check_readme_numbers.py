@@ -28,6 +28,8 @@ from text_envs.atomic import write_text_atomic  # noqa: E402
 README = REPO / "README.md"
 BEGIN = "<!-- main-job-table: begin (written and checked by scripts/check_readme_numbers.py; do not edit) -->"
 END = "<!-- main-job-table: end -->"
+
+
 def main_job_command() -> list[str]:
     """The main job as `make train` runs it: the Makefile's ``MAIN_JOB :=`` line."""
     for line in (REPO / "Makefile").read_text().splitlines():

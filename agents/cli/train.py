@@ -41,11 +41,18 @@ def add_common_env_args(parser: argparse.ArgumentParser) -> None:
                         help="torch threads (default: TEXTGEN_RL_THREADS, else half the cores)")
 
 
+
+def _size_rate(limit: float, full: float | None, lora: float) -> str:
+    """One row of the model-aware learning rates, for ``--help``."""
+    size = "larger" if limit == float("inf") else f"up to {limit / 1e6:g}M parameters"
+    return f"{size} {'the algorithm' + chr(39) + 's' if full is None else f'{full:g}'} / {lora:g}"
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` and ``eval`` subcommands."""
-    from agents.algorithm_registry import ALGORITHMS
+    from agents.algorithm_registry import ALGORITHMS, LEARNING_RATES
 
     rates = ", ".join(f"{name} {spec.defaults['learning_rate']:g}" for name, spec in ALGORITHMS.items())
+    sizes = ", ".join(_size_rate(limit, full, lora) for limit, full, lora in LEARNING_RATES)
     train = subparsers.add_parser(
         "train", help="fine-tune a language model with RL on a task",
         description="Train a policy LM with RL on a task, evaluating it on held-out prompts before and after. "
@@ -60,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "(default: none, kl-coef stays fixed)")
     train.add_argument("--num-envs", type=positive_int, default=16, help="parallel episodes")
     train.add_argument("--learning-rate", type=positive_float, default=None,
-                       help=f"default: the algorithm's ({rates})")
+                       help=f"default: by model size, full / with --lora-r: {sizes} (the algorithm's: {rates})")
     train.add_argument("--seed", type=non_negative_int, default=0, help="training seed")
     train.add_argument("--eval-n", type=positive_int, default=64, help="held-out prompts evaluated before and after")
     train.add_argument("--eval-seed", type=non_negative_int, default=EVAL_SEED,
