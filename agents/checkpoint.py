@@ -24,6 +24,7 @@ in ``state.pt``; :func:`load_checkpoint` gives each rank its own (the world size
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,8 @@ __all__ = ["CHECKPOINT_DIR", "CheckpointCallback", "has_checkpoint", "load_check
 #: Sub-folder of a run that holds its latest checkpoint.
 CHECKPOINT_DIR = "checkpoint"
 #: Saved settings that describe the algorithm's construction, not its progress (never overwritten on load).
+#: SB3 attributes that differ between the ranks of a data-parallel run (kept per rank in ``state.pt``).
+_RANK_ATTRIBUTES = ("_last_obs", "_last_episode_starts", "_last_original_obs")
 _CONSTRUCTION_KEYS = frozenset({"policy_class", "policy_kwargs", "observation_space", "action_space", "n_envs",
                                 "device", "env", "_vec_normalize_env"})
 
@@ -75,6 +78,9 @@ def _capture(algo: BaseAlgorithm, extra: dict[str, Any]) -> dict[str, Any]:
         "logger": {"values": dict(logger.name_to_value), "counts": dict(logger.name_to_count),
                    "excluded": dict(logger.name_to_excluded)},
         "extra": extra,
+        # data-parallel: model.zip is rank 0's; each rank's own last observation goes with its env's state
+        **({"last_obs": {key: copy.deepcopy(getattr(algo, key, None)) for key in _RANK_ATTRIBUTES}}
+           if distributed.is_distributed() else {}),
     }
 
 
@@ -124,6 +130,8 @@ def load_checkpoint(algo: BaseAlgorithm, run: Path,
     if state["rng"]["shuffle"] is not None:
         algo._shuffle_rng.bit_generator.state = state["rng"]["shuffle"]
     algo.get_env().set_state(state["env"])
+    for key, value in state.get("last_obs", {}).items():
+        setattr(algo, key, value)
     if state["buffer"] is not None:
         algo.rollout_buffer.set_state(state["buffer"])
     if make_logger is not None:

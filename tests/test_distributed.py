@@ -191,3 +191,63 @@ def test_torchrun_rejects_algorithms_without_data_parallel_support(tmp_path):
             check_distributed_algo(name)
     for name in ("token-ppo", "grpo", "dr-grpo", "rloo", "reinforce"):
         check_distributed_algo(name)
+
+
+def _fingerprint(run: Path) -> dict:
+    from scripts.kill_resume_trials import run_fingerprint
+
+    return run_fingerprint(run)
+
+
+def _torchrun(*args: str) -> list[str]:
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    return [torchrun, "--nproc_per_node=2", "--master_port", str(_free_port()), "-m", "agents.cli", *args]
+
+
+def _environment(pause: bool = False) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TEXTGEN_RL_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    env.pop("TEXTGEN_RL_SAVE_PAUSE_S", None)
+    if pause:
+        env["TEXTGEN_RL_SAVE_PAUSE_S"] = "0.5"
+    return env
+
+
+@pytest.mark.slow
+def test_killed_two_rank_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_gpt2_dir):
+    psutil = pytest.importorskip("psutil")
+    from scripts.kill_resume_trials import saving
+
+    train = ["train", "--model", str(tiny_gpt2_dir), "--timesteps", "2048", "--num-envs", "4", "--eval-n", "4",
+             "--max-new-tokens", "6", "--checkpoint-every", "1", "--device", "cpu"]
+    reference = subprocess.run(_torchrun(*train, "--out", str(tmp_path / "reference")), capture_output=True,
+                               text=True, env=_environment(), timeout=300, cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    folder = tmp_path / "killed"
+    process = subprocess.Popen(_torchrun(*train, "--out", str(folder)), env=_environment(pause=True), cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    condition, killed = saving(folder, "checkpoint"), False
+    try:
+        process.wait(timeout=0.01)
+    except subprocess.TimeoutExpired:
+        import time
+
+        deadline = time.monotonic() + 300
+        while process.poll() is None and time.monotonic() < deadline and not killed:
+            if condition():  # a second checkpoint is replacing the first: kill both ranks and torchrun
+                for worker in psutil.Process(process.pid).children(recursive=True):  # own sessions (torchrun's)
+                    worker.kill()
+                process.kill()
+                killed = True
+            time.sleep(0.01)
+    process.wait()
+    assert killed, f"the run ended before the kill (exit code {process.returncode})"
+    assert (folder / "checkpoint" / "state.pt").is_file()
+    resumed = subprocess.run(_torchrun("train", "--resume", str(folder)), capture_output=True, text=True,
+                             env=_environment(), timeout=300, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from the checkpoint" in resumed.stdout
+    expected, result = _fingerprint(tmp_path / "reference"), _fingerprint(folder)
+    for key in ("weights", "progress", "timesteps", "after", "before"):
+        assert result[key] == expected[key], key
+    assert json.loads((folder / "eval.json").read_text())["world_size"] == 2

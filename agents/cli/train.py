@@ -247,13 +247,13 @@ def _run_train(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         out, settings = _resumed_run(args)
-        if (out / DONE_FILE).is_file() and not has_checkpoint(out):
-            if distributed.is_main():
-                print(f"the run in {out} is complete ({DONE_FILE} written); nothing to resume")
-            return 0
     else:
         out, settings = _validate_train(args), _settings(args)
     distributed.init_from_env(settings.device)
+    if args.resume is not None and (out / DONE_FILE).is_file() and not has_checkpoint(out):
+        if distributed.is_main():
+            print(f"the run in {out} is complete ({DONE_FILE} written); nothing to resume")
+        return 0
     if distributed.is_distributed():
         try:
             check_distributed_algo(settings.algo)
