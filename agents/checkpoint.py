@@ -25,6 +25,7 @@ in ``state.pt``; :func:`load_checkpoint` gives each rank its own (the world size
 from __future__ import annotations
 
 import copy
+import io
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -89,10 +90,13 @@ def save_checkpoint(algo: BaseAlgorithm, run: Path, extra: dict[str, Any]) -> No
 
     Data-parallel: call it on every rank; the ranks' states are gathered and rank 0 writes the folder."""
     state = _capture(algo, extra)
-    if distributed.is_distributed():
-        states = distributed.gather_objects(state)
+    if distributed.is_distributed():  # each rank's state travels as torch.save bytes: its tensors arrive on the CPU
+        payload = io.BytesIO()
+        torch.save(state, payload)
+        gathered = distributed.gather_objects(payload.getvalue())
         if not distributed.is_main():
             return
+        states = [torch.load(io.BytesIO(data), map_location="cpu", weights_only=False) for data in gathered]
         state = {**states[0], "ranks": states}  # rank 0's state at the top level, each rank's in "ranks"
     with atomic_directory(Path(run) / CHECKPOINT_DIR) as folder:
         algo.save(folder / "model.zip")

@@ -148,6 +148,8 @@ def run_training(settings: RunSettings, out: Path, resume: bool = False,
         only; the other ranks of a data-parallel run get an outcome with an empty summary and no evaluations).
     :raises ConfigError: data-parallel with an algorithm that does not support it, or bad settings.
     """
+    from stable_baselines3.common.logger import Logger
+
     from agents.algorithm_registry import make_algorithm
     from agents.algos.base import SequenceOnPolicyAlgorithm
     from agents.callbacks import ObjectiveLogger, TokenProgressBar
@@ -162,8 +164,6 @@ def run_training(settings: RunSettings, out: Path, resume: bool = False,
     from agents.plotting import plot_reward_curve
     from text_envs.models import configure_threads
     from text_envs.rewards.learned import parse_reward_spec
-
-    from stable_baselines3.common.logger import Logger
 
     distributed.init_from_env(settings.device)
     world, main = distributed.world_size(), distributed.is_main()
