@@ -31,10 +31,10 @@ from torch import nn
 
 from text_envs.errors import ConfigError
 
-__all__ = ["SEED_STRIDE", "DistributedContext", "SequenceForward", "all_reduce_max", "all_reduce_mean",
+__all__ = ["DistributedContext", "SEED_STRIDE", "SequenceForward", "all_reduce_max", "all_reduce_mean",
            "all_reduce_sum", "barrier", "broadcast_object", "gather_objects", "global_masked_mean", "init_from_env",
-           "is_distributed", "is_main", "local_rank", "loss_scale", "masked_whiten", "rank", "rank_device",
-           "rank_seed", "shutdown", "world_size", "wrap_ddp"]
+           "is_distributed", "is_initialized", "is_main", "local_rank", "loss_scale", "masked_whiten", "rank",
+           "rank_device", "rank_seed", "shutdown", "world_size", "wrap_ddp"]
 
 #: Rank ``r`` of a run with seed ``s`` uses seed ``s + r * SEED_STRIDE`` (rank 0 keeps ``s``).
 SEED_STRIDE = 1_000_003
@@ -255,7 +255,8 @@ class SequenceForward(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``policy.evaluate_sequences(input_ids, attention_mask, num_tokens)``: logits ``(B, T, V)``, values ``(B, T)``."""
+        """``policy.evaluate_sequences(input_ids, attention_mask, num_tokens)``: logits ``(B, T, V)`` and values
+        ``(B, T)``."""
         logits, values = self.policy.evaluate_sequences(input_ids, attention_mask, num_tokens)
         return logits, values
 

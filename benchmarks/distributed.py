@@ -98,7 +98,8 @@ def _run(ranks: int, args: argparse.Namespace, model: str) -> dict:
         raise SystemExit(f"{' '.join(command)} failed:\n{proc.stderr[-4000:]}")
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     result = json.loads(lines[-1][len(RESULT_PREFIX):])
-    return {**result, "rate": result["tokens"] / result["seconds"], "cpu_rate": result["tokens"] / result["cpu_seconds"]}
+    return {**result, "rate": result["tokens"] / result["seconds"],
+            "cpu_rate": result["tokens"] / result["cpu_seconds"]}
 
 
 def _free_port() -> int:

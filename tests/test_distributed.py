@@ -33,18 +33,20 @@ def _free_port() -> int:
 
 def _make(name: str, micro_dir: Path, seed: int, batch_size: int) -> Any:
     """The algorithms compared: KL in the reward and an adaptive KL coefficient, so its reduction matters."""
-    from agents import GRPO, TokenPPO, TransformerPolicy
+    from agents import GRPO, Reinforce, TokenPPO, TransformerPolicy
 
     common = {"policy_kwargs": {"model": str(micro_dir)}, "n_steps": 3, "batch_size": batch_size,
               "learning_rate": 1e-3, "seed": seed, "device": "cpu", "kl_target": 0.01, "kl_horizon": 100}
     env = micro_env(micro_dir, n=8, kl_coef=0.1)
     if name == "token-ppo":
         return TokenPPO(TransformerPolicy, env, n_epochs=2, **common)
+    if name == "reinforce":  # per-sequence loss sum, baseline and advantage std over every rank's returns
+        return Reinforce(TransformerPolicy, env, n_epochs=2, normalize_advantages=True, **common)
     loss_type = {"grpo": "grpo", "dr-grpo": "dr_grpo"}[name]
     return GRPO(TransformerPolicy, env, n_epochs=2, group_size=2, loss_type=loss_type, **common)
 
 
-SCENARIOS = ("token-ppo", "grpo", "dr-grpo")
+SCENARIOS = ("token-ppo", "grpo", "dr-grpo", "reinforce")
 
 
 def _params(algo: Any) -> torch.Tensor:
@@ -115,6 +117,7 @@ def test_two_ranks_take_the_step_of_one_process_on_both_rollouts(ranks_output, m
     single.policy.load_state_dict(ranks[0]["before"])
     start = _params(single)
     single.kl_coef = single.kl_controller.value = ranks[0]["kl_coef"]
+    assert all(rank["kl_coef"] == ranks[0]["kl_coef"] for rank in ranks)
     single.rollout_buffer.episodes = [e for rank in ranks for e in rank["episodes"]]
     single.train()
     torch.testing.assert_close(_params(single), ranks[0]["after"], rtol=1e-4, atol=2e-6)
