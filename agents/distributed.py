@@ -21,6 +21,7 @@ Rank ``r`` computes its local mean ``S_r / n_r`` and multiplies it by :func:`los
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -247,27 +248,30 @@ class SequenceForward(nn.Module):
     synchronises gradients of outputs computed through its own ``forward``).
 
     :param policy: a :class:`~agents.policy.TransformerPolicy` (anything with ``evaluate_sequences``).
+    :param value_grad: False returns the values detached (an update that does not train the value head: DDP
+        then sees its parameters as unused in every forward).
     """
 
-    def __init__(self, policy: nn.Module) -> None:
+    def __init__(self, policy: nn.Module, value_grad: bool = True) -> None:
         super().__init__()
         self.policy = policy
+        self.value_grad = value_grad
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``policy.evaluate_sequences(input_ids, attention_mask, num_tokens)``: logits ``(B, T, V)`` and values
         ``(B, T)``."""
         logits, values = self.policy.evaluate_sequences(input_ids, attention_mask, num_tokens)
-        return logits, values
+        return logits, values if self.value_grad else values.detach()
 
 
-def wrap_ddp(policy: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+def wrap_ddp(policy: nn.Module, trains_value_head: bool = True) -> nn.Module:
     """``DistributedDataParallel(SequenceForward(policy))``: construction broadcasts rank 0's weights to
     every rank; gradients of what its forward computes are averaged over the ranks in ``backward``.
 
     :param policy: the policy (on this rank's device).
-    :param find_unused_parameters: True when some trainable parameters get no gradient (the value head of
-        the critic-free algorithms).
+    :param trains_value_head: False for an update without a value loss (the critic-free algorithms): the
+        values come back detached and DDP looks for the parameters without gradient (the value head).
     :raises ConfigError: without a process group of several ranks.
     """
     if not is_distributed():
@@ -275,6 +279,10 @@ def wrap_ddp(policy: nn.Module, find_unused_parameters: bool = False) -> nn.Modu
     device = next(policy.parameters()).device
     device_ids = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(SequenceForward(policy), device_ids=device_ids,
-                                               broadcast_buffers=False,
-                                               find_unused_parameters=find_unused_parameters)
+    ddp = nn.parallel.DistributedDataParallel
+    # the buffers (rotary tables, masks) are constants: no broadcast before every forward
+    no_buffer_sync = ({"forward_sync_buffers": False}
+                      if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+                      else {"broadcast_buffers": False})  # the name before torch 2.13
+    return ddp(SequenceForward(policy, value_grad=trains_value_head), device_ids=device_ids,
+               find_unused_parameters=not trains_value_head, **no_buffer_sync)

@@ -139,7 +139,7 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
         it broadcasts rank 0's weights)."""
         if self._ddp is None:
             self.check_distributed()
-            self._ddp = distributed.wrap_ddp(self.policy, find_unused_parameters=not self.trains_value_head)
+            self._ddp = distributed.wrap_ddp(self.policy, trains_value_head=self.trains_value_head)
         return self._ddp
 
     # -------------------------------------------------------------------------------------- rollouts
