@@ -40,13 +40,15 @@ def _make(name: str, micro_dir: Path, seed: int, batch_size: int) -> Any:
     env = micro_env(micro_dir, n=8, kl_coef=0.1)
     if name == "token-ppo":
         return TokenPPO(TransformerPolicy, env, n_epochs=2, **common)
+    if name == "token-ppo-target-kl":  # early stop on the KL of the global minibatch, on every rank alike
+        return TokenPPO(TransformerPolicy, env, n_epochs=4, target_kl=1e-4, **common)
     if name == "reinforce":  # per-sequence loss sum, baseline and advantage std over every rank's returns
         return Reinforce(TransformerPolicy, env, n_epochs=2, normalize_advantages=True, **common)
     loss_type = {"grpo": "grpo", "dr-grpo": "dr_grpo"}[name]
     return GRPO(TransformerPolicy, env, n_epochs=2, group_size=2, loss_type=loss_type, **common)
 
 
-SCENARIOS = ("token-ppo", "grpo", "dr-grpo", "reinforce")
+SCENARIOS = ("token-ppo", "token-ppo-target-kl", "grpo", "dr-grpo", "reinforce")
 
 
 def _params(algo: Any) -> torch.Tensor:
@@ -119,7 +121,10 @@ def test_two_ranks_take_the_step_of_one_process_on_both_rollouts(ranks_output, m
     single.kl_coef = single.kl_controller.value = ranks[0]["kl_coef"]
     assert all(rank["kl_coef"] == ranks[0]["kl_coef"] for rank in ranks)
     single.rollout_buffer.episodes = [e for rank in ranks for e in rank["episodes"]]
+    steps, step = [], single.optimizer_step
+    single.optimizer_step = lambda loss: steps.append(1) or step(loss)
     single.train()
+    assert len(steps) < single.n_epochs if name == "token-ppo-target-kl" else len(steps) == single.n_epochs
     torch.testing.assert_close(_params(single), ranks[0]["after"], rtol=1e-4, atol=2e-6)
     assert single.kl_coef == pytest.approx(ranks[0]["kl_coef_after"], rel=1e-9)
     assert not torch.allclose(start, ranks[0]["after"]), "the update changed nothing"
