@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -162,12 +162,16 @@ class SequenceRolloutBuffer:
         coefs, _ = self.padded("kl_coefs")
         return (rewards - coefs * logprobs) * mask, mask
 
-    def compute_gae(self, gamma: float, lam: float, whiten: bool = True) -> None:
-        """Fill ``advantages`` and ``returns`` ``(N, T)`` from the total rewards and the stored values."""
+    def compute_gae(self, gamma: float, lam: float, whiten: bool = True,
+                    whiten_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = masked_whiten) -> None:
+        """Fill ``advantages`` and ``returns`` ``(N, T)`` from the total rewards and the stored values.
+
+        ``whiten_fn(advantages, mask)`` whitens them (``whiten=True``): by default over this buffer's tokens;
+        :func:`agents.distributed.masked_whiten` takes the statistics over every rank's buffer."""
         rewards, mask = self.total_rewards()
         values, _ = self.padded("values")
         advantages, returns = gae(rewards, values, mask, gamma, lam)
-        self.set_advantages(masked_whiten(advantages, mask) if whiten else advantages, returns)
+        self.set_advantages(whiten_fn(advantages, mask) if whiten else advantages, returns)
 
     def set_advantages(self, advantages: torch.Tensor, returns: torch.Tensor | None = None) -> None:
         """Set per-token advantages ``(N, T)`` (and value targets) computed by an algorithm."""
@@ -176,11 +180,15 @@ class SequenceRolloutBuffer:
 
     def minibatches(self, batch_size: int, generator: np.random.Generator) -> Iterator[SequenceBatch]:
         """Shuffled minibatches of ``batch_size`` sequences (the last one may be smaller)."""
+        for index in self.minibatch_indices(batch_size, generator):
+            yield self.collate(index)
+
+    def minibatch_indices(self, batch_size: int, generator: np.random.Generator) -> list[list[int]]:
+        """The episode indices of :meth:`minibatches`: a shuffled order cut into runs of ``batch_size``."""
         if self.advantages is None:
             raise RuntimeError("compute advantages before drawing minibatches")
         order = generator.permutation(len(self.episodes))
-        for start in range(0, len(order), batch_size):
-            yield self.collate(order[start:start + batch_size].tolist())
+        return [order[start:start + batch_size].tolist() for start in range(0, len(order), batch_size)]
 
     def collate(self, index: list[int]) -> SequenceBatch:
         """Pad the episodes at ``index`` into one :class:`SequenceBatch` on the buffer's device."""

@@ -16,10 +16,16 @@ The folder is built next to the old one and swapped in (:func:`text_envs.atomic.
 continues as if the run had never stopped: on one thread the resumed run's weights and logs are
 bit-identical to an uninterrupted run's (only the wall-clock columns ``time/fps`` and
 ``time/time_elapsed`` differ).
+
+Data-parallel runs (:mod:`agents.distributed`): every rank takes part in a save (each rank's own random
+generators, env and buffer state are gathered), rank 0 alone writes the folder, with one state per rank
+in ``state.pt``; :func:`load_checkpoint` gives each rank its own (the world size must be the same).
 """
 
 from __future__ import annotations
 
+import copy
+import io
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +42,7 @@ from stable_baselines3.common.logger import (
 )
 from stable_baselines3.common.save_util import load_from_zip_file
 
+from agents import distributed
 from text_envs.atomic import atomic_directory, save_pause
 from text_envs.errors import ConfigError
 
@@ -45,6 +52,8 @@ __all__ = ["CHECKPOINT_DIR", "CheckpointCallback", "has_checkpoint", "load_check
 #: Sub-folder of a run that holds its latest checkpoint.
 CHECKPOINT_DIR = "checkpoint"
 #: Saved settings that describe the algorithm's construction, not its progress (never overwritten on load).
+#: SB3 attributes that differ between the ranks of a data-parallel run (kept per rank in ``state.pt``).
+_RANK_ATTRIBUTES = ("_last_obs", "_last_episode_starts", "_last_original_obs")
 _CONSTRUCTION_KEYS = frozenset({"policy_class", "policy_kwargs", "observation_space", "action_space", "n_envs",
                                 "device", "env", "_vec_normalize_env"})
 
@@ -70,15 +79,29 @@ def _capture(algo: BaseAlgorithm, extra: dict[str, Any]) -> dict[str, Any]:
         "logger": {"values": dict(logger.name_to_value), "counts": dict(logger.name_to_count),
                    "excluded": dict(logger.name_to_excluded)},
         "extra": extra,
+        # data-parallel: model.zip is rank 0's; each rank's own last observation goes with its env's state
+        **({"last_obs": {key: copy.deepcopy(getattr(algo, key, None)) for key in _RANK_ATTRIBUTES}}
+           if distributed.is_distributed() else {}),
     }
 
 
 def save_checkpoint(algo: BaseAlgorithm, run: Path, extra: dict[str, Any]) -> None:
-    """Write the checkpoint of ``algo`` (and the caller's ``extra`` state) into ``run/checkpoint``, atomically."""
+    """Write the checkpoint of ``algo`` (and the caller's ``extra`` state) into ``run/checkpoint``, atomically.
+
+    Data-parallel: call it on every rank; the ranks' states are gathered and rank 0 writes the folder."""
+    state = _capture(algo, extra)
+    if distributed.is_distributed():  # each rank's state travels as torch.save bytes: its tensors arrive on the CPU
+        payload = io.BytesIO()
+        torch.save(state, payload)
+        gathered = distributed.gather_objects(payload.getvalue())
+        if not distributed.is_main():
+            return
+        states = [torch.load(io.BytesIO(data), map_location="cpu", weights_only=False) for data in gathered]
+        state = {**states[0], "ranks": states}  # rank 0's state at the top level, each rank's in "ranks"
     with atomic_directory(Path(run) / CHECKPOINT_DIR) as folder:
         algo.save(folder / "model.zip")
         save_pause()
-        torch.save(_capture(algo, extra), folder / "state.pt")
+        torch.save(state, folder / "state.pt")
 
 
 def load_checkpoint(algo: BaseAlgorithm, run: Path,
@@ -88,18 +111,31 @@ def load_checkpoint(algo: BaseAlgorithm, run: Path,
     Call it before ``learn(..., reset_num_timesteps=False)``. ``make_logger(extra)`` builds the logger the
     run continues with (e.g. :func:`resumable_logger` keeping ``extra``'s row count); the values the
     interrupted run had recorded but not yet written go into it.
+
+    Data-parallel: every rank loads the same weights and optimizer state and its own generators, env and
+    buffer state.
+
+    :raises ConfigError: a checkpoint written by a different number of ranks.
     """
     folder = Path(run) / CHECKPOINT_DIR
     data, params, _ = load_from_zip_file(folder / "model.zip", device=algo.device)
     algo.__dict__.update({key: value for key, value in data.items() if key not in _CONSTRUCTION_KEYS})
     algo.set_parameters(params, exact_match=True, device=algo.device)
     state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)  # our own file
+    saved_ranks = len(state["ranks"]) if "ranks" in state else 1
+    if saved_ranks != distributed.world_size():
+        raise ConfigError(f"the checkpoint in {str(folder)!r} was written by {saved_ranks} process(es); resume it "
+                          f"with the same number (this job has {distributed.world_size()})")
+    if "ranks" in state:
+        state = state["ranks"][distributed.rank()]
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
     if state["rng"]["shuffle"] is not None:
         algo._shuffle_rng.bit_generator.state = state["rng"]["shuffle"]
     algo.get_env().set_state(state["env"])
+    for key, value in state.get("last_obs", {}).items():
+        setattr(algo, key, value)
     if state["buffer"] is not None:
         algo.rollout_buffer.set_state(state["buffer"])
     if make_logger is not None:

@@ -100,3 +100,14 @@ def test_flops_benchmark_at_toy_size(tmp_path):
     result = json.loads((tmp_path / "flops.json").read_text())
     assert result["matmul_flops"] > 1e8 and set(result["results"]) == {"full", "lora"}
     assert all(0 < v for v in result["ratios"].values())
+
+
+def test_distributed_benchmark_at_toy_size(tmp_path):
+    """2 gloo ranks under torchrun vs 1 process, end to end, at the smallest size (the ratio is not asserted)."""
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "distributed.py"), "--toy", "--out",
+                           str(tmp_path)], capture_output=True, text=True, cwd=str(REPO_ROOT), timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "distributed_toy.json").read_text())
+    assert proc.stdout.strip().splitlines()[-1] == "ratios: " + json.dumps(result["ratios"])
+    assert result["ratios"]["2_ranks_vs_1"] > 0 and result["targets"]["2_ranks_vs_1"] == 1.7

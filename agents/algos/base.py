@@ -3,7 +3,8 @@ critic-free algorithms. Subclasses implement only ``train()`` (their loss)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -13,13 +14,23 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
+from torch import nn
 
+from agents import distributed
 from agents.buffers import Episode, SequenceBatch, SequenceRolloutBuffer
 from agents.kl_control import AdaptiveKLController, FixedKLController
 from agents.lora import share_reference
 from agents.policy import TransformerPolicy
 from agents.rl_math import logprobs_and_entropy
 from text_envs.errors import ConfigError
+
+
+class LossScales(NamedTuple):
+    """Factors turning a rank's local mean losses into its share of the global minibatch's mean
+    (:func:`agents.distributed.loss_scale`): for losses averaged over tokens and over sequences."""
+
+    token: float
+    sequence: float
 
 
 class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
@@ -50,8 +61,15 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
     :param tensorboard_log: TensorBoard log folder.
     :param policy_kwargs: policy constructor arguments (e.g. ``{"model": "tiny"}``).
     :param verbose: 0 quiet, 1 info.
-    :param seed: random seed.
+    :param seed: random seed (under ``torchrun`` give each rank its own: :func:`agents.distributed.rank_seed`).
     :param device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+
+    **Data parallel.** In a ``torch.distributed`` process group of several ranks (``torchrun``, see
+    :mod:`agents.distributed`), each rank collects its own rollouts; the updates run through
+    ``DistributedDataParallel``, the loss normalisers, advantage whitening, KL statistics (hence the
+    adaptive KL coefficient) and the generated-token count are reduced over the ranks, and every rank
+    draws the same number of minibatches per epoch (a rank short of sequences contributes an empty one),
+    so all ranks take the same step; ``batch_size`` is per rank. Without a process group nothing changes.
     """
 
     policy_aliases = {"TransformerPolicy": TransformerPolicy}
@@ -60,6 +78,10 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
     rollout_group_size: int = 1
     policy: TransformerPolicy
     rollout_buffer: SequenceRolloutBuffer  # type: ignore[assignment]
+    #: The policy's sequence evaluation wrapped in ``DistributedDataParallel`` (None in a single process).
+    _ddp: nn.Module | None = None
+    #: Whether the update trains the value head (False: DDP must look for parameters without gradient).
+    trains_value_head: bool = True
 
     def __init__(self, policy: str | type[TransformerPolicy], env: GymEnv | str, learning_rate: float | Schedule,
                  n_steps: int, batch_size: int, n_epochs: int, gamma: float, gae_lambda: float, ent_coef: float,
@@ -104,7 +126,21 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
         result = super()._setup_learn(*args, **kwargs)
         if self._last_obs is not previous_obs:  # SB3 reset the env: in-progress episodes are gone
             self.rollout_buffer.discard_running()
+        if distributed.is_distributed():
+            self.ddp_module()  # built before the first rollout: every rank starts from rank 0's weights
         return result
+
+    def check_distributed(self) -> None:
+        """Raise :class:`~text_envs.errors.ConfigError` if this configuration cannot train data-parallel
+        (subclasses add their own restrictions)."""
+
+    def ddp_module(self) -> nn.Module:
+        """The policy's sequence evaluation under ``DistributedDataParallel`` (built on first use; building
+        it broadcasts rank 0's weights)."""
+        if self._ddp is None:
+            self.check_distributed()
+            self._ddp = distributed.wrap_ddp(self.policy, trains_value_head=self.trains_value_head)
+        return self._ddp
 
     # -------------------------------------------------------------------------------------- rollouts
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: SequenceRolloutBuffer,
@@ -115,6 +151,7 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
         rollout_buffer.reset()
         callback.on_rollout_start()
         target = n_rollout_steps * env.num_envs
+        start, stopped = self.num_timesteps, False
         while rollout_buffer.num_tokens < target:
             with torch.no_grad():
                 actions, values, log_probs = self.policy(obs_as_tensor(self._last_obs, self.device))
@@ -123,12 +160,21 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
             if not callback.on_step():
-                return False
+                if not distributed.is_distributed():
+                    return False
+                stopped = True
+                break
             self._update_info_buffer(infos, dones)
             rollout_buffer.add(self._last_obs, actions_np, log_probs.cpu().numpy(), values.flatten().cpu().numpy(),
                                rewards, dones, infos, self.kl_coef)
             self._last_obs = new_obs
             self._last_episode_starts = dones
+        if distributed.is_distributed():  # every rank counts the tokens of all ranks and stops together
+            totals = distributed.all_reduce_sum(torch.tensor([self.num_timesteps - start, int(stopped)],
+                                                             dtype=torch.float64))
+            self.num_timesteps = start + int(totals[0])
+            if totals[1] > 0:
+                return False
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
@@ -138,10 +184,43 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
                        entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One teacher-forced forward over a minibatch: ``logprobs (B, T)``, ``entropy (B, T)``, ``values (B, T)``.
         ``entropy_grad=False`` returns the entropy without gradient (when it is only logged)."""
-        logits, values = self.policy.evaluate_sequences(batch.input_ids, batch.attention_mask,
-                                                        batch.actions.shape[1])
+        if distributed.is_distributed():  # through DDP, which averages the gradients over the ranks
+            logits, values = self.ddp_module()(batch.input_ids, batch.attention_mask, batch.actions.shape[1])
+        else:
+            logits, values = self.policy.evaluate_sequences(batch.input_ids, batch.attention_mask,
+                                                            batch.actions.shape[1])
         logprobs, entropy = logprobs_and_entropy(logits, batch.actions, entropy_grad)
         return logprobs, entropy, values
+
+    def update_minibatches(self) -> Iterator[tuple[SequenceBatch, LossScales | None]]:
+        """The minibatches of one epoch over the rollout buffer, each with its :class:`LossScales` (None in a
+        single process, where this is exactly ``rollout_buffer.minibatches``).
+
+        Data-parallel: every rank yields the same number of minibatches (the most any rank has; a rank
+        short of sequences yields an empty one: a real sequence with an all-zero completion mask, so DDP
+        still sees every parameter and its loss is 0), and the scales use the global minibatch's counts.
+        """
+        buffer = self.rollout_buffer
+        if not distributed.is_distributed():
+            for batch in buffer.minibatches(self.batch_size, self._shuffle_rng):
+                yield batch, None
+            return
+        if not buffer.episodes:
+            raise ConfigError("data-parallel update on a rank without sequences")
+        chunks = buffer.minibatch_indices(self.batch_size, self._shuffle_rng)
+        n_batches = int(distributed.all_reduce_max(torch.tensor([len(chunks)], dtype=torch.int64))[0])
+        chunks += [[] for _ in range(n_batches - len(chunks))]
+        local = torch.tensor([[sum(len(buffer.episodes[i]) for i in chunk), len(chunk)] for chunk in chunks],
+                             dtype=torch.float64)  # (M, 2): tokens, sequences
+        totals = distributed.all_reduce_sum(local.clone())
+        for chunk, (tokens, sequences), (all_tokens, all_sequences) in zip(chunks, local.tolist(), totals.tolist()):
+            if chunk:
+                batch = buffer.collate(chunk)
+            else:
+                batch = buffer.collate([0])
+                batch = batch._replace(completion_mask=torch.zeros_like(batch.completion_mask))
+            yield batch, LossScales(distributed.loss_scale(tokens, all_tokens),
+                                    distributed.loss_scale(sequences, all_sequences))
 
     def optimizer_step(self, loss: torch.Tensor) -> float:
         """Backward, clip gradients, step; returns the gradient norm."""
@@ -155,16 +234,21 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
         """Log the objective of the rollout and update the KL coefficient (in the env and here)."""
         scores = [float(e.info.get("score", np.nan)) for e in episodes]
         kls = [e.kl for e in episodes]
-        mean_kl = float(np.nanmean(kls)) if np.isfinite(kls).any() else float("nan")
-        self.logger.record("objective/score", float(np.nanmean(scores)))
+        n_tokens = sum(len(e) for e in episodes)
+        if distributed.is_distributed():  # the statistics of every rank's rollout: the same coefficient everywhere
+            mean_score, mean_kl, n_tokens = _global_rollout_statistics(scores, kls, n_tokens)
+        else:
+            mean_score = float(np.nanmean(scores))
+            mean_kl = float(np.nanmean(kls)) if np.isfinite(kls).any() else float("nan")
+        self.logger.record("objective/score", mean_score)
         self.logger.record("objective/kl", mean_kl)
         self.logger.record("objective/kl_coef", self.kl_coef)
         self.logger.record("objective/kl_penalized_return",
-                           float(np.nanmean(scores)) - self.kl_coef * (mean_kl if np.isfinite(mean_kl) else 0.0))
+                           mean_score - self.kl_coef * (mean_kl if np.isfinite(mean_kl) else 0.0))
         sample = episodes[0].info
         self.logger.record("samples/text", f"{sample.get('prompt', '')!r} -> {sample.get('text', '')!r}",
                            exclude=("stdout", "log", "json", "csv"))
-        new_coef = self.kl_controller.update(mean_kl, sum(len(e) for e in episodes))
+        new_coef = self.kl_controller.update(mean_kl, n_tokens)
         if new_coef != self.kl_coef:
             self.kl_coef = new_coef
             self.env.set_attr("kl_coef", new_coef)
@@ -184,4 +268,17 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
         return self
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_shuffle_rng"]
+        return [*super()._excluded_save_params(), "_shuffle_rng", "_ddp"]
+
+
+def _global_rollout_statistics(scores: list[float], kls: list[float], n_tokens: int) -> tuple[float, float, int]:
+    """Mean score and mean sequence KL (NaN-skipping, NaN when nothing is finite) over the episodes of every
+    rank, and the total token count."""
+    score_values, kl_values = np.asarray(scores, dtype=float), np.asarray(kls, dtype=float)
+    finite_scores, finite_kls = np.isfinite(score_values), np.isfinite(kl_values)
+    totals = distributed.all_reduce_sum(torch.tensor([
+        score_values[finite_scores].sum(), finite_scores.sum(), kl_values[finite_kls].sum(), finite_kls.sum(),
+        n_tokens], dtype=torch.float64)).tolist()
+    mean_score = totals[0] / totals[1] if totals[1] else float("nan")
+    mean_kl = totals[2] / totals[3] if totals[3] else float("nan")
+    return mean_score, mean_kl, int(totals[4])

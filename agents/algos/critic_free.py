@@ -44,7 +44,13 @@ class CriticFreeAlgorithm(SequenceOnPolicyAlgorithm):
     buffer releases only complete groups. A group still incomplete when a rollout ends is kept
     and completed in the next rollout (its tokens keep the log-probabilities of the policy that
     sampled them, which the clipped ratio accounts for).
+
+    **Data parallel** (see :class:`~agents.algos.base.SequenceOnPolicyAlgorithm`): groups never span
+    ranks (each rank's env makes its own), so the group advantages need no reduction; the loss is
+    normalised by the global minibatch's token or sequence count (:meth:`policy_loss_normaliser`).
     """
+
+    trains_value_head = False
 
     def __init__(self, policy: str | type[TransformerPolicy], env: GymEnv | str, learning_rate: float | Schedule,
                  n_steps: int, batch_size: int, n_epochs: int, clip_range: float | None, ent_coef: float,
@@ -95,6 +101,11 @@ class CriticFreeAlgorithm(SequenceOnPolicyAlgorithm):
         """The advantage of each sequence of the buffer from the returns ``(N,) -> (N,)`` (groups are
         contiguous rows of ``group_size``); each algorithm defines it."""
 
+    def policy_loss_normaliser(self) -> str:
+        """What :meth:`policy_loss` divides by: ``"token"`` (the minibatch's tokens) or ``"sequence"`` (its
+        sequences); data-parallel runs use the global minibatch's count of it."""
+        return "sequence" if self.clip_range_value is None and self.loss_reduction == "sequence" else "token"
+
     def policy_loss(self, logprobs: torch.Tensor, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The policy loss of a minibatch and its clip fraction."""
         mask = batch.completion_mask
@@ -117,14 +128,18 @@ class CriticFreeAlgorithm(SequenceOnPolicyAlgorithm):
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "entropy", "approx_kl", "clip_fraction",
                                                          "grad_norm")}
         for _ in range(self.n_epochs):
-            for batch in buffer.minibatches(self.batch_size, self._shuffle_rng):
+            for batch, scales in self.update_minibatches():
                 logprobs, entropy, _ = self.evaluate_batch(batch)
                 policy_loss, clip_fraction = self.policy_loss(logprobs, batch)
                 entropy_mean = masked_mean(entropy, batch.completion_mask)
                 with torch.no_grad():
                     log_ratio = logprobs - batch.old_logprobs
                     approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, batch.completion_mask)
-                loss = policy_loss - self.ent_coef * entropy_mean
+                if scales is None:
+                    loss = policy_loss - self.ent_coef * entropy_mean
+                else:  # data-parallel: this rank's share of the global minibatch's means
+                    policy_scale = scales.sequence if self.policy_loss_normaliser() == "sequence" else scales.token
+                    loss = policy_scale * policy_loss - self.ent_coef * scales.token * entropy_mean
                 stats["grad_norm"].append(self.optimizer_step(loss))
                 for key, value in (("policy_loss", policy_loss), ("entropy", entropy_mean),
                                    ("approx_kl", approx_kl), ("clip_fraction", clip_fraction)):

@@ -230,6 +230,23 @@ class GRPO(CriticFreeAlgorithm):
         self.logger.record("train/zero_std_groups", float((grouped.std(-1) < ZERO_STD).float().mean()))
         return advantages
 
+    def policy_loss_normaliser(self) -> str:
+        """``"sequence"`` for Dr. GRPO (``B * max_completion_length``) and the unclipped per-sequence sum,
+        ``"token"`` otherwise (see :meth:`policy_loss`)."""
+        if self.loss_type == "dr_grpo" or (self.loss_type == "grpo" and self.clip_range_low is None
+                                           and self.loss_reduction == "sequence"):
+            return "sequence"
+        return "token"
+
+    def check_distributed(self) -> None:
+        """DAPO's dynamic sampling decides per rank when to update: not data-parallel (yet).
+
+        :raises ConfigError: ``loss_type="dapo"``.
+        """
+        if self.loss_type == "dapo":
+            raise ConfigError("loss_type='dapo' (dynamic sampling) does not run data-parallel; use 'grpo' or "
+                              "'dr_grpo' under torchrun")
+
     def policy_loss(self, logprobs: torch.Tensor, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The minibatch's policy loss for :attr:`loss_type` and its clip fraction (see the class docstring)."""
         mask = batch.completion_mask  # (B, T)

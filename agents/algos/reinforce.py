@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
+from agents import distributed
 from agents.algos.advantages import moving_average_baseline
 from agents.algos.critic_free import CriticFreeAlgorithm
 from agents.policy import TransformerPolicy
@@ -46,10 +47,28 @@ class Reinforce(CriticFreeAlgorithm):
                          seed, device, _init_setup_model)
 
     def sequence_advantages(self, returns: torch.Tensor) -> torch.Tensor:
+        """``R_i - b`` (optionally divided by its standard deviation); data-parallel, the batch mean and
+        standard deviation are over every rank's sequences. ``(N,) -> (N,)``."""
+        if distributed.is_distributed():
+            return self._global_sequence_advantages(returns)
         baseline = float(returns.mean()) if self.baseline is None else self.baseline
         advantages = returns - baseline
         if self.normalize_advantages and len(advantages) > 1:
             advantages = advantages / (advantages.std() + 1e-8)
         self.baseline = moving_average_baseline(self.baseline, returns, self.baseline_decay)
+        self.logger.record("train/baseline", self.baseline)
+        return advantages
+
+    def _global_sequence_advantages(self, returns: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones_like(returns).unsqueeze(0)
+        mean = float(distributed.global_masked_mean(returns.unsqueeze(0), ones))
+        baseline = mean if self.baseline is None else self.baseline
+        advantages = returns - baseline
+        count = int(distributed.all_reduce_sum(torch.tensor([len(returns)], dtype=torch.int64))[0])
+        if self.normalize_advantages and count > 1:
+            centred = advantages - float(distributed.global_masked_mean(advantages.unsqueeze(0), ones))
+            variance = float(distributed.all_reduce_sum((centred.double() ** 2).sum())) / (count - 1)
+            advantages = advantages / (variance ** 0.5 + 1e-8)
+        self.baseline = moving_average_baseline(self.baseline, returns.new_tensor([mean]), self.baseline_decay)
         self.logger.record("train/baseline", self.baseline)
         return advantages

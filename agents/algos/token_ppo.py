@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
+from agents import distributed
 from agents.algos.base import SequenceOnPolicyAlgorithm
 from agents.policy import TransformerPolicy
 from agents.rl_math import clipped_policy_loss, clipped_value_loss, masked_mean
@@ -64,12 +65,13 @@ class TokenPPO(SequenceOnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         buffer = self.rollout_buffer
-        buffer.compute_gae(self.gamma, self.gae_lambda, whiten=self.whiten_advantages)
+        buffer.compute_gae(self.gamma, self.gae_lambda, whiten=self.whiten_advantages,
+                           whiten_fn=distributed.masked_whiten)  # data-parallel: over every rank's tokens
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl",
                                                          "clip_fraction", "grad_norm")}
         continue_training = True
         for _ in range(self.n_epochs):
-            for batch in buffer.minibatches(self.batch_size, self._shuffle_rng):
+            for batch, scales in self.update_minibatches():
                 logprobs, entropy, values = self.evaluate_batch(batch, entropy_grad=self.ent_coef != 0)
                 mask = batch.completion_mask
                 policy_loss, clip_fraction = clipped_policy_loss(logprobs, batch.old_logprobs, batch.advantages,
@@ -79,11 +81,17 @@ class TokenPPO(SequenceOnPolicyAlgorithm):
                 entropy_mean = masked_mean(entropy, mask)
                 with torch.no_grad():
                     log_ratio = logprobs - batch.old_logprobs
-                    approx_kl = float(masked_mean(torch.expm1(log_ratio) - log_ratio, mask))
-                if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
+                    kl_terms = torch.expm1(log_ratio) - log_ratio
+                    approx_kl = float(masked_mean(kl_terms, mask))
+                    # data-parallel: every rank stops on the KL of the global minibatch
+                    stop_kl = (approx_kl if scales is None or self.target_kl is None
+                               else float(distributed.global_masked_mean(kl_terms, mask)))
+                if self.target_kl is not None and stop_kl > 1.5 * self.target_kl:
                     continue_training = False
                     break
                 loss = policy_loss + self.vf_coef * value_loss - self.ent_coef * entropy_mean
+                if scales is not None:  # every term is a token mean: this rank's share of the global mean
+                    loss = loss * scales.token
                 stats["grad_norm"].append(self.optimizer_step(loss))
                 for key, value in (("policy_loss", policy_loss), ("value_loss", value_loss),
                                    ("entropy", entropy_mean), ("approx_kl", approx_kl),

@@ -4,6 +4,9 @@ Both check every argument before loading anything (bad input: one line on stderr
 folder created), and both score the same held-out prompts with the same sampling seed by default
 (``--eval-seed`` / ``--seed`` 1234), so ``textgen-rl eval --model runs/NAME/hf`` reproduces the
 "after" figures that ``train`` printed.
+
+``torchrun --nproc_per_node=N -m agents.cli train ...`` trains data-parallel (see ``docs/distributed.md``):
+every rank checks the arguments, rank 0 alone prints and writes the run folder.
 """
 
 from __future__ import annotations
@@ -233,29 +236,53 @@ def _resumed_run(args: argparse.Namespace) -> tuple[Path, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train (or resume), evaluate before/after, and write the run folder."""
+    """Train (or resume), evaluate before/after, and write the run folder (under torchrun: data-parallel)."""
+    from agents import distributed
+
+    started_group = not distributed.is_initialized()
+    try:
+        return _run_train(args)
+    finally:
+        if started_group:
+            distributed.shutdown()
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from agents import distributed
     from agents.checkpoint import has_checkpoint
-    from agents.training import DONE_FILE, run_training
+    from agents.training import DONE_FILE, check_distributed_algo, run_training
 
     if args.resume is not None:
         out, settings = _resumed_run(args)
-        if (out / DONE_FILE).is_file() and not has_checkpoint(out):
-            print(f"the run in {out} is complete ({DONE_FILE} written); nothing to resume")
-            return 0
     else:
         out, settings = _validate_train(args), _settings(args)
+    distributed.init_from_env(settings.device)
+    if args.resume is not None and (out / DONE_FILE).is_file() and not has_checkpoint(out):
+        if distributed.is_main():
+            print(f"the run in {out} is complete ({DONE_FILE} written); nothing to resume")
+        return 0
+    if distributed.is_distributed():
+        try:
+            check_distributed_algo(settings.algo)
+        except TextEnvsError as error:
+            raise CLIError(str(error)) from None
+        out = Path(distributed.broadcast_object(str(out)))  # rank 0's (default) folder name
+        distributed.barrier()  # every rank has checked the (still empty) folder before rank 0 writes into it
     titles = {"before": "before training", "after": "after training"}
     outcome = run_training(settings, out, resume=args.resume is not None,
                            report=lambda stage, result: _print_metrics(titles[stage], result))
+    if not distributed.is_main():
+        return 0
     summary = outcome.summary
     if outcome.resumed_from is not None:
         print(f"\nresumed from the checkpoint at {outcome.resumed_from} generated tokens")
     print(f"\n{'metric':<12}{'before':>10}{'after':>10}")
     for key in ("score_mean", "score_se", "kl_mean", "distinct_1", "distinct_2"):
         print(f"{key:<12}{getattr(outcome.before, key):>10.4f}{getattr(outcome.after, key):>10.4f}")
-    print(f"\ntrained {summary['timesteps']} generated tokens (budget {summary['budget']}) in {summary['seconds']:.0f} "
-          f"s ({summary['tokens_per_second']:.0f} tokens/s); run folder: {out} (model.zip, hf/, progress.csv, "
-          "TensorBoard events, reward_curve.png, eval.json)")
+    ranks = f" on {summary['world_size']} ranks" if summary["world_size"] > 1 else ""
+    print(f"\ntrained {summary['timesteps']} generated tokens (budget {summary['budget']}){ranks} in "
+          f"{summary['seconds']:.0f} s ({summary['tokens_per_second']:.0f} tokens/s); run folder: {out} (model.zip, "
+          "hf/, progress.csv, TensorBoard events, reward_curve.png, eval.json)")
     return 0
 
 
