@@ -33,6 +33,7 @@ import logging
 import os
 import pickle
 import shutil
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -589,7 +590,9 @@ def _load_adapter_folder(folder: Path, dtype: Any, verbose: bool) -> PreTrainedM
         raise UnknownModelError(f"{str(folder)!r}: unreadable {ADAPTER_CONFIG} ({_first_line(error)})") from None
     base = load_model(base_name, device="cpu", dtype=dtype, verbose=verbose)
     try:
-        with quiet_transformers(verbose):
+        with quiet_transformers(verbose), warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing` (peft's call, not ours)
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
             return PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
     except _LOCAL_LOAD_ERRORS as error:
         raise UnknownModelError(f"{str(folder)!r} holds LoRA adapters that do not fit their base model "
