@@ -45,6 +45,7 @@ def test_vs_trl_benchmark_our_side(tmp_path):
     assert result["results"]["ppo/ours"]["kl_penalty"] == "dense"
 
 
+@pytest.mark.slow
 def test_vs_trl_benchmark_sparse_penalty(tmp_path):
     """GRPO/RLOO run with the env's sparse KL penalty (and TokenPPO's extra sparse line), our side only."""
     result = run_script("vs_trl.py", tmp_path, "--skip-trl", "--updates", "1", "--group-size", "2",
@@ -55,6 +56,7 @@ def test_vs_trl_benchmark_sparse_penalty(tmp_path):
         assert result["results"][key]["kl_penalty"] == "sparse"
 
 
+@pytest.mark.slow
 def test_memory_benchmark(tmp_path):
     result = run_script("memory.py", tmp_path, "--minibatch", "1")
     assert result["ratios"]["peak_over_param_bytes"] > 0
@@ -78,6 +80,7 @@ def test_soak_benchmark(tmp_path):
     assert "growth after warm-up" in proc.stdout
 
 
+@pytest.mark.slow
 def test_gpu_check_at_toy_size(tmp_path):
     """The GPU script runs end to end on a CPU at toy size (on a GPU machine it runs full size)."""
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--toy", "--out",
@@ -102,6 +105,7 @@ def test_flops_benchmark_at_toy_size(tmp_path):
     assert all(0 < v for v in result["ratios"].values())
 
 
+@pytest.mark.slow
 def test_distributed_benchmark_at_toy_size(tmp_path):
     """2 gloo ranks under torchrun vs 1 process, end to end, at the smallest size (the ratio is not asserted)."""
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "distributed.py"), "--toy", "--out",

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
     ("train_token_ppo.py", ["256"], "held-out score"),
     ("compare_sb3_algorithms.py", ["64"], "MaskablePPO: trained"),
 ])
+@pytest.mark.slow
 def test_example_runs(script, args, expected):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TEXTGEN_RL_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, str(REPO / "examples" / script), *args], capture_output=True,

@@ -196,6 +196,7 @@ def test_resolve_base_aliases() -> None:
 # --------------------------------------------------------------------------- synthetic preference training
 
 
+@pytest.mark.slow
 def test_learns_hidden_preference_rule(minilm_rm) -> None:
     result, config, lines = minilm_rm
     assert len(result.history) == config.epochs and len(lines) == config.epochs
