@@ -5,6 +5,8 @@ PYTHON ?= python
 LOCK ?= requirements/lock.txt
 # pytest-xdist workers of `make test` (one torch thread each; 2 = the cores of CI's machine)
 TEST_WORKERS ?= 2
+# extra pytest arguments (CI's drift leg: -m "not slow or drift")
+PYTEST_ARGS ?=
 # The main job: SmolLM2-135M-Instruct (chat template), LoRA r=16 at lr 3e-4, RLOO, sentiment; deterministic on 2 threads.
 # scripts/check_readme_numbers.py reads this line, reruns it and compares with the README's table.
 MAIN_JOB := train --model smollm2-135m --lora-r 16 --algo rloo --timesteps 4096 --learning-rate 3e-4 --threads 2
@@ -22,7 +24,7 @@ test-deps:
 	bash scripts/install_test_deps.sh "$(PYTHON)" "$(LOCK)"
 
 test: test-deps
-	$(PYTHON) -m pytest -n $(TEST_WORKERS)
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # refresh requirements/lock.txt after changing a range in pyproject.toml (needs uv)
 lock:

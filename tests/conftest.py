@@ -100,9 +100,3 @@ def tests_write_only_under_temporary_folders():
         new = sorted(after - before)
         assert not new, f"tests wrote inside the repository: {new[:10]}"
 
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the tests marked ``slow`` first (stable order otherwise): with pytest-xdist (`make test` runs 2
-    workers) the long tests then start early and the short ones fill the end, so no worker sits idle while
-    the other finishes a long test."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -14,10 +14,16 @@ from tests.conftest import REPO_ROOT
 SMALL = ["--threads", "1", "--repeats", "1", "--batch", "2", "--new-tokens", "4"]
 
 
-def run_script(name: str, tmp_path, *extra: str) -> dict:
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / name), *SMALL, "--out", str(tmp_path),
-                           *extra], capture_output=True, text=True, cwd=str(REPO_ROOT), timeout=300)
+def run_benchmark(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<name>`` with ``args`` offline; fail with its stderr's tail if it exits non-zero."""
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / name), *args], capture_output=True,
+                          text=True, cwd=str(REPO_ROOT), timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def run_script(name: str, tmp_path, *extra: str) -> dict:
+    proc = run_benchmark(name, *SMALL, "--out", str(tmp_path), *extra, timeout=300)
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("ratios: "), last
     result = json.loads((tmp_path / name.replace(".py", ".json")).read_text())
@@ -83,10 +89,7 @@ def test_soak_benchmark(tmp_path):
 @pytest.mark.slow
 def test_gpu_check_at_toy_size(tmp_path):
     """The GPU script runs end to end on a CPU at toy size (on a GPU machine it runs full size)."""
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--toy", "--out",
-                           str(tmp_path)], capture_output=True, text=True, cwd=str(REPO_ROOT), timeout=600,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_benchmark("gpu_check.py", "--toy", "--out", str(tmp_path))
     result = json.loads((tmp_path / "gpu_check_toy.json").read_text())
     assert {(r["algo"], r["mode"]) for r in result["rows"]} == {(a, m) for a in ("token-ppo", "grpo")
                                                                for m in ("full", "lora")}
@@ -96,10 +99,7 @@ def test_gpu_check_at_toy_size(tmp_path):
 
 
 def test_flops_benchmark_at_toy_size(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "flops.py"), "--model", "tiny", "--batch",
-                           "4", "--new-tokens", "4", "--out", str(tmp_path)], capture_output=True, text=True,
-                          cwd=str(REPO_ROOT), timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_benchmark("flops.py", "--model", "tiny", "--batch", "4", "--new-tokens", "4", "--out", str(tmp_path))
     result = json.loads((tmp_path / "flops.json").read_text())
     assert result["matmul_flops"] > 1e8 and set(result["results"]) == {"full", "lora"}
     assert all(0 < v for v in result["ratios"].values())
@@ -108,10 +108,7 @@ def test_flops_benchmark_at_toy_size(tmp_path):
 @pytest.mark.slow
 def test_distributed_benchmark_at_toy_size(tmp_path):
     """2 gloo ranks under torchrun vs 1 process, end to end, at the smallest size (the ratio is not asserted)."""
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "distributed.py"), "--toy", "--out",
-                           str(tmp_path)], capture_output=True, text=True, cwd=str(REPO_ROOT), timeout=600,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_benchmark("distributed.py", "--toy", "--out", str(tmp_path))
     result = json.loads((tmp_path / "distributed_toy.json").read_text())
     assert proc.stdout.strip().splitlines()[-1] == "ratios: " + json.dumps(result["ratios"])
     assert result["ratios"]["2_ranks_vs_1"] > 0 and result["targets"]["2_ranks_vs_1"] == 1.7

@@ -154,6 +154,7 @@ def test_model_aware_learning_rates():
     assert default_hyperparameters("grpo", mid, lora=True) == {"learning_rate": 1e-4}
 
 
+@pytest.mark.drift
 @pytest.mark.slow
 def test_smollm2_with_default_settings_trains_stably(tmp_path):
     """`--model smollm2-135m` with no other training flag: the model-aware learning rate (2e-6, full fine-tuning)
