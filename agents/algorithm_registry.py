@@ -121,7 +121,7 @@ MASK_TOP_K = 50  # NLPO-style action masks: the reference model's 50 most likely
 def make_algorithm(name: str, env_kwargs: dict[str, Any], num_envs: int, model: str, seed: int = 0,
                    device: str = "auto", learning_rate: float | None = None, kl_target: float | None = None,
                    overrides: dict[str, Any] | None = None, lora: dict[str, Any] | None = None,
-                   gradient_checkpointing: bool = False) -> "BaseAlgorithm":
+                   gradient_checkpointing: bool = False, env_id: str = "TextGen-v0") -> "BaseAlgorithm":
     """Build algorithm ``name`` with a TransformerPolicy over ``model`` on a fresh TextGen vector env.
 
     :param name: a key of :data:`ALGORITHMS`.
@@ -136,6 +136,7 @@ def make_algorithm(name: str, env_kwargs: dict[str, Any], num_envs: int, model: 
     :param lora: LoRA adapters of the policy (``{"r": 16, ...}``, see :class:`~agents.lora.LoraSettings`); the
         env then shares the policy's base model (adapters disabled) as its reference.
     :param gradient_checkpointing: recompute activations in the update (less memory).
+    :param env_id: ``"TextGen-v0"`` or the multi-turn ``"TextChat-v0"`` (``env_kwargs`` are then its arguments).
     """
     from agents.lora import LoraSettings, share_reference
     from agents.policy import MaskableTransformerPolicy, TransformerPolicy
@@ -155,7 +156,8 @@ def make_algorithm(name: str, env_kwargs: dict[str, Any], num_envs: int, model: 
         kwargs.setdefault("ent_coef", float(env_kwargs.get("kl_coef", 0.05)))
     elif kl_target is not None:
         kwargs["kl_target"] = kl_target
-    env = make_text_vec_env(num_envs, mask_top_k=MASK_TOP_K if spec.maskable else 0, env_kwargs=env_kwargs)
+    env = make_text_vec_env(num_envs, mask_top_k=MASK_TOP_K if spec.maskable else 0, env_kwargs=env_kwargs,
+                            env_id=env_id)
     policy = MaskableTransformerPolicy if spec.maskable else TransformerPolicy
     policy_kwargs: dict[str, Any] = {"model": model}
     if settings is not None:

@@ -1,4 +1,11 @@
-"""A rollout buffer that keeps whole sequences (prompt + completion) instead of single token steps."""
+"""A rollout buffer that keeps whole sequences (prompt + completion) instead of single token steps.
+
+Multi-turn episodes (``TextChat-v0``) are kept whole too: the responder's tokens, read from the observations
+(whatever an observation holds beyond the prompt and the tokens so far was appended by the env), are stored
+between the actions, and :meth:`SequenceRolloutBuffer.collate` lays each dialogue out as ONE sequence with the
+column of every action (:attr:`SequenceBatch.action_positions`): the update evaluates the whole dialogue in one
+teacher-forced forward and gathers the agent tokens, so every loss, GAE included, runs over agent tokens only.
+"""
 
 from __future__ import annotations
 
@@ -24,9 +31,30 @@ class Episode:
     rewards: list[float] = field(default_factory=list)  # env rewards r_t
     kl_coefs: list[float] = field(default_factory=list)  # the env's kl_coef when a_t was taken
     info: dict[str, Any] = field(default_factory=dict)  # final info (score, text, kl_ref_logprob_sum...)
+    #: tokens the env appended (a responder's reply), as (number of actions before them, tokens)
+    env_tokens: list[tuple[int, list[int]]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.actions)
+
+    @property
+    def num_env_tokens(self) -> int:
+        """Tokens the env appended between the actions."""
+        return sum(len(chunk) for _, chunk in self.env_tokens)
+
+    def sequence(self) -> tuple[list[int], list[int]]:
+        """Everything after the prompt in observation order, and the index in it of each action."""
+        tokens: list[int] = []
+        positions: list[int] = []
+        chunks = iter(self.env_tokens)
+        upcoming = next(chunks, None)
+        for step, action in enumerate(self.actions):
+            while upcoming is not None and upcoming[0] == step:
+                tokens.extend(upcoming[1])
+                upcoming = next(chunks, None)
+            positions.append(len(tokens))
+            tokens.append(action)
+        return tokens, positions
 
     @property
     def kl(self) -> float:
@@ -46,6 +74,9 @@ class SequenceBatch(NamedTuple):
     advantages: torch.Tensor  # (B, T)
     returns: torch.Tensor  # (B, T)
     index: torch.Tensor  # (B,) positions of these sequences in the buffer
+    #: (B, T) column of each action in ``input_ids`` when some sequence holds env tokens (multi-turn), else None:
+    #: the completions are then exactly the last ``T`` columns
+    action_positions: torch.Tensor | None = None
 
 
 def pad_right(rows: list[list[float]], width: int, value: float = 0.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -100,11 +131,14 @@ class SequenceRolloutBuffer:
             rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]], kl_coef: float) -> list[Episode]:
         """Record one vector step taken from ``obs``; returns the episodes that finished on it."""
         finished = []
+        lengths = obs["attention_mask"].sum(-1)  # (B,) real tokens of each observation
         for slot in range(self.num_envs):
             episode = self.running[slot]
             if episode is None:
                 real = obs["attention_mask"][slot].astype(bool)
                 episode = self.running[slot] = Episode(prompt_ids=obs["input_ids"][slot][real].astype(int).tolist())
+            else:
+                self._record_env_tokens(episode, obs["input_ids"][slot], int(lengths[slot]))
             episode.actions.append(int(actions[slot]))
             episode.logprobs.append(float(logprobs[slot]))
             episode.values.append(float(values[slot]))
@@ -116,6 +150,14 @@ class SequenceRolloutBuffer:
                 finished.append(episode)
                 self.running[slot] = None
         return finished
+
+    @staticmethod
+    def _record_env_tokens(episode: Episode, ids: np.ndarray, length: int) -> None:
+        """Store the tokens an observation holds beyond the episode's prompt and tokens so far (the env appended
+        them after the last action: a multi-turn reply). ``ids`` is the left-padded observation row."""
+        known = len(episode.prompt_ids) + len(episode.actions) + episode.num_env_tokens
+        if length > known:
+            episode.env_tokens.append((len(episode.actions), ids[len(ids) - (length - known):].astype(int).tolist()))
 
     def _finish(self, episode: Episode) -> None:
         if self.group_size == 1:
@@ -195,13 +237,20 @@ class SequenceRolloutBuffer:
         episodes = [self.episodes[i] for i in index]
         prompt_width = max(len(e.prompt_ids) for e in episodes)
         width = max(len(e) for e in episodes)
-        ids = torch.full((len(episodes), prompt_width + width), self.pad_id, dtype=torch.long)
+        multi_turn = any(e.env_tokens for e in episodes)
+        sequences = [e.sequence() if multi_turn else (e.actions, []) for e in episodes]
+        span = max(len(tokens) for tokens, _ in sequences)  # = width without env tokens
+        ids = torch.full((len(episodes), prompt_width + span), self.pad_id, dtype=torch.long)
         attention = torch.zeros_like(ids)
-        for row, episode in enumerate(episodes):
+        for row, (episode, (tokens, _)) in enumerate(zip(episodes, sequences)):
             start = prompt_width - len(episode.prompt_ids)
             ids[row, start:prompt_width] = torch.as_tensor(episode.prompt_ids)
-            ids[row, prompt_width:prompt_width + len(episode)] = torch.as_tensor(episode.actions)
-            attention[row, start:prompt_width + len(episode)] = 1
+            ids[row, prompt_width:prompt_width + len(tokens)] = torch.as_tensor(tokens)
+            attention[row, start:prompt_width + len(tokens)] = 1
+        positions = None
+        if multi_turn:  # padded entries point at the last column (masked out by completion_mask)
+            positions = pad_right([[prompt_width + p for p in columns] for _, columns in sequences], width,
+                                  value=prompt_width + span - 1, dtype=torch.long)
         mask = pad_right([[1.0] * len(e) for e in episodes], width)
         tensors = SequenceBatch(
             input_ids=ids, attention_mask=attention, completion_mask=mask,
@@ -209,6 +258,6 @@ class SequenceRolloutBuffer:
             old_logprobs=pad_right([e.logprobs for e in episodes], width),
             old_values=pad_right([e.values for e in episodes], width),
             advantages=self.advantages[index, :width], returns=self.returns[index, :width],
-            index=torch.as_tensor(index),
+            index=torch.as_tensor(index), action_positions=positions,
         )
-        return SequenceBatch(*(t.to(self.device) for t in tensors))
+        return SequenceBatch(*(None if t is None else t.to(self.device) for t in tensors))

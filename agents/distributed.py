@@ -257,11 +257,11 @@ class SequenceForward(nn.Module):
         self.policy = policy
         self.value_grad = value_grad
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``policy.evaluate_sequences(input_ids, attention_mask, num_tokens)``: logits ``(B, T, V)`` and values
-        ``(B, T)``."""
-        logits, values = self.policy.evaluate_sequences(input_ids, attention_mask, num_tokens)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_tokens: int,
+                action_positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``policy.evaluate_sequences(input_ids, attention_mask, num_tokens, action_positions)``: logits
+        ``(B, T, V)`` and values ``(B, T)``."""
+        logits, values = self.policy.evaluate_sequences(input_ids, attention_mask, num_tokens, action_positions)
         return logits, values if self.value_grad else values.detach()
 
 

@@ -27,6 +27,8 @@ from text_envs.errors import ConfigError
 from text_envs.lm_stepper import BatchedLMStepper
 from text_envs.models import ADAPTER_CONFIG, load_model
 from text_envs.tasks import DEFAULT_EVAL_SEED, Task, get_task
+from agents.vec_env import vector_info_entry
+from text_envs.chat_env import SEED_BOUND
 from text_envs.vector_env import TextGenVectorEnv
 
 #: File written next to an exported model, naming the base (reference) model and the task.
@@ -86,16 +88,36 @@ def _sample_rows(probs: torch.Tensor, generators: list[torch.Generator]) -> torc
     return index.clamp_(max=probs.shape[-1] - 1).flatten()
 
 
+def _eval_episode_seeds(n: int, seed: int) -> list[int]:
+    """The responder seeds of ``n`` held-out multi-turn episodes (``TextChat-v0``), chosen by ``seed``."""
+    return [int(s) for s in np.random.default_rng(seed).integers(SEED_BOUND, size=n)]
+
+
+def _new_tokens(obs: dict[str, np.ndarray], stepper: BatchedLMStepper, actions: list[int]) -> list[list[int]]:
+    """Per slot, what the observation holds beyond what the stepper consumed: the action and, after a
+    multi-turn agent turn, the env's reply (a slot that started a new episode just gets its action: ignored)."""
+    chunks = []
+    for slot, action in enumerate(actions):
+        real = obs["input_ids"][slot][obs["attention_mask"][slot].astype(bool)].tolist()
+        consumed = len(stepper.tokens[slot])
+        continues = len(real) > consumed and real[consumed] == action
+        chunks.append(real[consumed:] if continues else [action])
+    return chunks
+
+
 @torch.no_grad()
-def _sample_batch(lm: PreTrainedModel, env: TextGenVectorEnv, prompts: list[str], temperature: float,
+def _sample_batch(lm: PreTrainedModel, env: TextGenVectorEnv, starts: list[Any], temperature: float,
                   generators: list[torch.Generator], seed: int) -> tuple[list[dict[str, Any]], list[float]]:
-    """Run one episode per prompt; returns the final infos and the summed log pi of each completion.
+    """Run one episode per prompt (multi-turn: per responder seed); returns the final infos and the summed
+    log pi of each completion (of the agent's tokens).
 
     The env is reset with ``seed``: the prompts of the episodes it starts in slots that finish early
     (ignored, but batched with the others) are then the same whatever the env did before, so the
     batched forwards, hence the results, are bit-identical from one evaluation to the next.
     """
-    obs, _ = env.reset(seed=seed, options={"prompts": prompts})
+    multi_turn = env.batch.dialogue is not None
+    options = {"episode_seeds": starts, "split": "eval"} if multi_turn else {"prompts": starts}
+    obs, _ = env.reset(seed=seed, options=options)
     stepper = BatchedLMStepper(lm, env.num_envs, int(env.tokenizer.pad_token_id))
     device = stepper.device
     real = [obs["input_ids"][i][obs["attention_mask"][i].astype(bool)].tolist() for i in range(env.num_envs)]
@@ -110,10 +132,15 @@ def _sample_batch(lm: PreTrainedModel, env: TextGenVectorEnv, prompts: list[str]
         obs, _, done, _, info = env.step(actions.numpy())
         for i in np.flatnonzero(done):
             if finals[i] is None:
-                finals[i] = {k: v[i] for k, v in info["final_info"].items() if not k.startswith("_")}
+                finals[i] = {k: vector_info_entry(v, i) for k, v in info["final_info"].items()
+                             if not k.startswith("_")}
         if all(f is not None for f in finals):
             break
-        logits = stepper.step(actions.to(device)).logits
+        chunks = _new_tokens(obs, stepper, actions.tolist()) if multi_turn else None
+        if chunks is not None and any(len(chunk) > 1 for chunk in chunks):
+            logits = stepper.extend(chunks).logits  # the env's replies: one prefill of the new chunks
+        else:
+            logits = stepper.step(actions.to(device)).logits
     return finals, logp_sums.tolist()
 
 
@@ -151,7 +178,8 @@ def evaluate_model(model: str | Path | PreTrainedModel, task: str | Task = "sent
         env = TextGenVectorEnv(num_envs=min(num_envs, n), model=env_model,
                                task=task, reward_model=reward_model, reward_kwargs=reward_kwargs, kl_coef=1.0,
                                max_new_tokens=max_new_tokens, reference_model=reference, device=device)
-    prompts = _eval_prompts(get_task(task), n, seed)
+    multi_turn = env.batch.dialogue is not None
+    prompts = _eval_episode_seeds(n, seed) if multi_turn else _eval_prompts(get_task(task), n, seed)
     infos: list[dict[str, Any]] = []
     logps: list[float] = []
     for start in range(0, n, env.num_envs):

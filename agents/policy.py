@@ -5,8 +5,10 @@
 * The value is a small linear head on the same trunk's last hidden state (``value_trunk="shared"``,
   default) or on a separate copy of the trunk (``value_trunk="separate"``).
 * During rollouts (no gradient) the policy keeps one KV cache per env slot and feeds only the new
-  token when an observation extends the previous one by exactly the action taken; other slots
-  (new episodes, any mismatch) are re-prefilled. Same results as the uncached forward.
+  token when an observation extends the previous one by exactly the action taken, or only the new
+  chunk when the env appended tokens after the action (a ``TextChat-v0`` reply: one prefill of the
+  chunk, never a recompute of the dialogue); other slots (new episodes, any mismatch) are
+  re-prefilled. Same results as the uncached forward.
 * Sampling controls (``temperature``, ``top_k``, ``top_p``) change the distribution itself, so the
   log-probability stored for PPO is that of the distribution actually sampled from.
 
@@ -243,17 +245,31 @@ class TransformerPolicyCore:
         logits, hidden = self._trunk(ids, mask, keep=1)
         return LMOutput(logits[:, -1], self.value_head(hidden[:, -1]).squeeze(-1))
 
-    def evaluate_sequences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_tokens: int) -> LMOutput:
+    def evaluate_sequences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_tokens: int,
+                           action_positions: torch.Tensor | None = None) -> LMOutput:
         """Teacher-forced evaluation of whole sequences in ONE forward.
 
         ``input_ids``/``attention_mask`` ``(B, L)`` hold left-padded prompts followed by completions
         right-padded to ``num_tokens = T`` (the completions occupy the last ``T`` columns). Returns the
         processed logits ``(B, T, V)`` predicting each completion token and the values ``(B, T)`` of the
         states before each completion token.
+
+        Multi-turn dialogues: ``action_positions`` ``(B, T)`` gives the column of each of the ``T`` actions (the
+        env's tokens fill the other columns after the prompt); the same forward runs over the whole dialogue
+        and the outputs predicting the actions are gathered, so they equal the per-step outputs of the rollout.
         """
-        logits, hidden = self._trunk(input_ids, attention_mask, keep=num_tokens + 1)
-        logits = process_logits(logits[:, :-1], self.temperature, self.top_k, self.top_p)
-        return LMOutput(logits, self.value_head(hidden[:, :-1]).squeeze(-1))
+        if action_positions is None:
+            logits, hidden = self._trunk(input_ids, attention_mask, keep=num_tokens + 1)
+            logits = process_logits(logits[:, :-1], self.temperature, self.top_k, self.top_p)
+            return LMOutput(logits, self.value_head(hidden[:, :-1]).squeeze(-1))
+        width = input_ids.shape[1]
+        keep = width - int(action_positions.min()) + 1  # from the column before the first action on
+        logits, hidden = self._trunk(input_ids, attention_mask, keep=keep)
+        rows = action_positions - 1 - (width - keep)  # (B, T): index into the kept columns
+        logits = logits.gather(1, rows[..., None].expand(-1, -1, logits.shape[-1]))  # (B, T, V)
+        hidden = hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, T, H)
+        logits = process_logits(logits, self.temperature, self.top_k, self.top_p)
+        return LMOutput(logits, self.value_head(hidden).squeeze(-1))
 
     # ---------------------------------------------------------------------------- cached rollouts
     def reset_cache(self) -> None:
@@ -282,17 +298,44 @@ class TransformerPolicyCore:
                 return LMOutput(out.logits, self.value_head(out.hidden).squeeze(-1))
         logits = torch.empty((batch, self.lm.get_output_embeddings().weight.shape[0]), device=ids.device)
         hidden = torch.empty((batch, self.value_head.in_features), device=ids.device)
+        chunks = self._continuations(ids, mask, match, last_actions)
+        extended = torch.as_tensor([chunk is not None for chunk in chunks], dtype=torch.bool, device=ids.device)
         with self._autocast():
-            if match.any():
-                out = self._stepper.step(last_actions.long().view(-1).to(ids.device), active=match)
-                logits[match], hidden[match] = out.logits[match], out.hidden[match]
-            if (~match).any():
-                slots = torch.nonzero(~match).flatten().tolist()
+            if extended.any() and not any(chunk is not None and len(chunk) > 1 for chunk in chunks):
+                out = self._stepper.step(last_actions.long().view(-1).to(ids.device), active=extended)
+                logits[extended], hidden[extended] = out.logits[extended], out.hidden[extended]
+            elif extended.any():  # the env appended tokens (a multi-turn reply): one prefill of each new chunk
+                out = self._stepper.extend([chunk or [] for chunk in chunks])
+                logits[extended], hidden[extended] = out.logits[extended], out.hidden[extended]
+            if (~extended).any():
+                slots = torch.nonzero(~extended).flatten().tolist()
                 sequences = [ids[slot][mask[slot].bool()].tolist() for slot in slots]
                 out = self._stepper.prefill(slots, sequences)
                 logits[slots], hidden[slots] = out.logits, out.hidden
         self._previous = (ids, mask)
         return LMOutput(logits, self.value_head(hidden).squeeze(-1))
+
+    def _continuations(self, ids: torch.Tensor, mask: torch.Tensor, match: torch.Tensor,
+                       last_actions: torch.Tensor | None) -> list[list[int] | None]:
+        """Per slot, the tokens its cache lacks when the observation continues what the cache consumed (the
+        last action, plus whatever the env appended after it: a multi-turn reply), else None (a new episode,
+        or any other change: re-prefilled)."""
+        chunks: list[list[int] | None] = [None] * ids.shape[0]
+        if last_actions is None or self._previous is None:
+            return chunks
+        actions = last_actions.long().view(-1).tolist()
+        for slot in range(ids.shape[0]):
+            if bool(match[slot]):
+                chunks[slot] = [actions[slot]]
+                continue
+            consumed = self._stepper.tokens[slot]
+            if not consumed:
+                continue
+            real = ids[slot][mask[slot].bool()].tolist()
+            if len(real) > len(consumed) + 1 and real[len(consumed)] == actions[slot] \
+                    and real[:len(consumed)] == consumed:
+                chunks[slot] = real[len(consumed):]
+        return chunks
 
     def _rollout_outputs(self, obs: PyTorchObs) -> LMOutput:
         """Cached forward when collecting rollouts without gradients, else the uncached one."""

@@ -57,6 +57,9 @@ class RunSettings:
 
     task: str = "sentiment"
     algo: str = "token-ppo"
+    env: str = "TextGen-v0"  # or the multi-turn "TextChat-v0" (task: a responder)
+    max_turns: int | None = None  # TextChat-v0: agent turns per episode (None: the env's default)
+    max_turn_tokens: int | None = None  # TextChat-v0: tokens per agent turn (None: the env's default)
     model: str = "tiny"
     reward_model: str | None = None
     max_new_tokens: int | None = None
@@ -94,6 +97,22 @@ class RunOutcome:
     resumed_from: int | None  # the generated-token count of the checkpoint resumed from (None: a fresh start)
     before: Any
     after: Any
+
+
+def env_arguments(settings: RunSettings, device: str) -> dict[str, Any]:
+    """The ``gym.make_vec`` arguments of a run's env: ``TextGen-v0`` (reward, token budget) or ``TextChat-v0``
+    (``--max-new-tokens`` is then the episode's budget of agent and responder tokens)."""
+    if settings.env == "TextChat-v0":
+        chat = {"max_episode_tokens": settings.max_new_tokens, "max_turns": settings.max_turns,
+                "max_turn_tokens": settings.max_turn_tokens}
+        return {"model": settings.model, "task": settings.task, "kl_coef": settings.kl_coef, "device": device,
+                **{key: value for key, value in chat.items() if value is not None}}
+    from text_envs.rewards.learned import parse_reward_spec
+
+    reward_model, reward_kwargs = parse_reward_spec(settings.reward_model) if settings.reward_model else (None, None)
+    return {"model": settings.model, "task": settings.task, "reward_model": reward_model,
+            "reward_kwargs": reward_kwargs, "kl_coef": settings.kl_coef, "max_new_tokens": settings.max_new_tokens,
+            "device": device}
 
 
 def read_settings(run: Path) -> RunSettings:
@@ -163,7 +182,6 @@ def run_training(settings: RunSettings, out: Path, resume: bool = False,
     from agents.evaluation import EXPORT_METADATA, EvalResult, evaluate_model
     from agents.plotting import plot_reward_curve
     from text_envs.models import configure_threads
-    from text_envs.rewards.learned import parse_reward_spec
 
     distributed.init_from_env(settings.device)
     world, main = distributed.world_size(), distributed.is_main()
@@ -172,14 +190,10 @@ def run_training(settings: RunSettings, out: Path, resume: bool = False,
         check_distributed_algo(settings.algo)
         device, seed = str(distributed.rank_device(settings.device)), distributed.rank_seed(settings.seed)
     threads = configure_threads(_rank_threads(settings.threads))
-    reward_model, reward_kwargs = parse_reward_spec(settings.reward_model) if settings.reward_model else (None, None)
-    env_kwargs = {"model": settings.model, "task": settings.task, "reward_model": reward_model,
-                  "reward_kwargs": reward_kwargs, "kl_coef": settings.kl_coef, "max_new_tokens": settings.max_new_tokens,
-                  "device": device}
-    algo = make_algorithm(settings.algo, env_kwargs=env_kwargs, num_envs=settings.num_envs, model=settings.model,
-                          seed=seed, device=device, learning_rate=settings.learning_rate,
+    algo = make_algorithm(settings.algo, env_kwargs=env_arguments(settings, device), num_envs=settings.num_envs,
+                          model=settings.model, seed=seed, device=device, learning_rate=settings.learning_rate,
                           kl_target=settings.kl_target, lora=settings.lora(),
-                          gradient_checkpointing=settings.gradient_checkpointing)
+                          gradient_checkpointing=settings.gradient_checkpointing, env_id=settings.env)
     eval_kwargs = {"task": settings.task, "n": settings.eval_n, "seed": settings.eval_seed, "env": algo.env.env}
     resumed_from = None
     before = None  # the other ranks of a data-parallel run evaluate nothing

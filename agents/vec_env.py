@@ -23,6 +23,15 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def vector_info_entry(value: Any, index: int) -> Any:
+    """Sub-env ``index``'s entry of a Gymnasium vector info value; a nested dict (e.g. a responder's info) is
+    batched key by key, with ``_key`` masks saying which sub-envs have the key."""
+    if isinstance(value, dict):
+        return {key: vector_info_entry(item, index) for key, item in value.items()
+                if not key.startswith("_") and bool(value.get(f"_{key}", np.ones(index + 1, dtype=bool))[index])}
+    return _plain(value[index])
+
+
 class TextGenVecEnv(VecEnv):
     """Adapts a :class:`~text_envs.vector_env.TextGenVectorEnv` (same-step autoreset) to SB3's ``VecEnv``.
 
@@ -75,7 +84,7 @@ class TextGenVecEnv(VecEnv):
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         for i in np.flatnonzero(terminated | truncated):
             final = dict(info["final_info"]) if "final_info" in info else {}
-            infos[i] = {key: _plain(value[i]) for key, value in final.items() if not key.startswith("_")}
+            infos[i] = {key: vector_info_entry(value, i) for key, value in final.items() if not key.startswith("_")}
             infos[i]["terminal_observation"] = info["final_obs"][i]
             infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
             infos[i]["episode"] = {"r": float(self._returns[i]), "l": int(self._lengths[i]),
@@ -143,10 +152,15 @@ class TextGenVecEnv(VecEnv):
         return list(indices) if isinstance(indices, Iterable) else [indices]
 
 
+#: The natively batched envs :func:`make_text_vec_env` builds.
+ENV_IDS = ("TextGen-v0", "TextChat-v0")
+
+
 def make_text_vec_env(num_envs: int = 8, mask_top_k: int = 0, mask_top_p: float = 1.0,
                       reset_options: dict[str, Any] | None = None,
-                      env_kwargs: dict[str, Any] | None = None) -> TextGenVecEnv:
-    """``gym.make_vec("TextGen-v0", num_envs, **env_kwargs)`` wrapped as an SB3 ``VecEnv``.
+                      env_kwargs: dict[str, Any] | None = None, env_id: str = "TextGen-v0") -> TextGenVecEnv:
+    """``gym.make_vec(env_id, num_envs, **env_kwargs)`` wrapped as an SB3 ``VecEnv`` (``env_id``: ``"TextGen-v0"``
+    or the multi-turn ``"TextChat-v0"``).
 
     Example::
 
@@ -156,6 +170,7 @@ def make_text_vec_env(num_envs: int = 8, mask_top_k: int = 0, mask_top_p: float 
         env = make_text_vec_env(8, env_kwargs={"task": "sentiment", "model": "tiny"})
         PPO(TransformerPolicy, env, policy_kwargs={"model": "tiny"}).learn(4096)
     """
-    vector = gym.make_vec("TextGen-v0", num_envs=num_envs, vectorization_mode="vector_entry_point",
-                          **(env_kwargs or {}))
+    if env_id not in ENV_IDS:
+        raise ConfigError(f"env_id must be one of {ENV_IDS}, got {env_id!r}")
+    vector = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {}))
     return TextGenVecEnv(vector, mask_top_k=mask_top_k, mask_top_p=mask_top_p, reset_options=reset_options)

@@ -1,12 +1,13 @@
 """``text_envs``: token-level text-generation environments for Gymnasium.
 
-Importing this package registers ``TextGen-v0``::
+Importing this package registers ``TextGen-v0`` and the multi-turn ``TextChat-v0``::
 
     import gymnasium as gym
     import text_envs  # noqa: F401
 
     env = gym.make("TextGen-v0", task="sentiment")              # one episode at a time
     envs = gym.make_vec("TextGen-v0", num_envs=8)                # natively batched
+    chat = gym.make("TextChat-v0", task="guess-number")          # multi-turn, with a responder
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from text_envs.errors import (
     InvalidObservationError,
     InvalidPromptError,
     MissingDependencyError,
+    ResponderError,
     RewardModelError,
     TextEnvsError,
     UnknownModelError,
+    UnknownResponderError,
     UnknownRewardModelError,
     UnknownTaskError,
 )
@@ -37,10 +40,17 @@ if "TextGen-v0" not in gym.registry:
         entry_point="text_envs.env:TextGenEnv",
         vector_entry_point="text_envs.vector_env:TextGenVectorEnv",
     )
+if "TextChat-v0" not in gym.registry:
+    gym.register(
+        id="TextChat-v0",
+        entry_point="text_envs.chat_env:TextChatEnv",
+        vector_entry_point="text_envs.chat_env:TextChatVectorEnv",
+    )
 
 __all__ = [
     "ConfigError", "EnvClosedError", "EpisodeFinishedError", "FeedbackFormatError", "InvalidActionError",
     "InvalidObservationError", "InvalidPromptError",
-    "MissingDependencyError", "RewardModelError", "TextEnvsError", "UnknownModelError", "UnknownRewardModelError",
+    "MissingDependencyError", "ResponderError", "RewardModelError", "TextEnvsError", "UnknownModelError",
+    "UnknownResponderError", "UnknownRewardModelError",
     "UnknownTaskError", "__version__",
 ]

@@ -10,9 +10,11 @@ from typing import Any, Callable, Mapping
 from transformers import PreTrainedModel
 
 from text_envs.devices import resolve_dtype
+from text_envs.dialogue import ChatFormat, Dialogue
 from text_envs.episode_batch import KL_PENALTIES, PROMPT_FORMATS, EpisodeBatch
 from text_envs.errors import ConfigError
 from text_envs.models import check_vocabulary, load_config, load_model, load_tokenizer
+from text_envs.responders import ResponderSpec, build_responder, responder_factory
 from text_envs.rewards import RewardModel
 from text_envs.tasks import Task, get_task
 from text_envs.validation import MAX_KL_COEF, check_bool, check_int, check_prompt, check_real, describe
@@ -135,7 +137,8 @@ def _eos_ids(model: str | PreTrainedModel, tokenizer: Any) -> frozenset[int]:
 DEFAULT_MAX_PROMPT_TOKENS = 64
 
 
-def _prompt_budget(config: TextGenConfig, max_new_tokens: int) -> int:
+def _prompt_budget(config: TextGenConfig | TextChatConfig, max_new_tokens: int,
+                   default: int = DEFAULT_MAX_PROMPT_TOKENS) -> int:
     """``max_prompt_tokens``, checked against the model's context length (prompt + completion must fit)."""
     limit = context_length(config.model)
     name = _model_label(config.model)
@@ -143,7 +146,7 @@ def _prompt_budget(config: TextGenConfig, max_new_tokens: int) -> int:
         raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the context length of "
                           f"{name!r} ({limit} positions): use at most {limit - 1}")
     if config.max_prompt_tokens is None:
-        return DEFAULT_MAX_PROMPT_TOKENS if limit is None else min(DEFAULT_MAX_PROMPT_TOKENS, limit - max_new_tokens)
+        return default if limit is None else min(default, limit - max_new_tokens)
     if limit is not None and config.max_prompt_tokens + max_new_tokens > limit:
         raise ConfigError(f"max_prompt_tokens + max_new_tokens = {config.max_prompt_tokens} + {max_new_tokens} exceeds "
                           f"the context length of {name!r} ({limit} positions)")
@@ -166,6 +169,20 @@ def build_episode_batch(config: TextGenConfig, batch_size: int) -> tuple[Episode
     vocab_size = _vocab_size(config.model)
     check_vocabulary(tokenizer, vocab_size, _model_label(config.model))
     reward = task.build_reward(config.reward_model, config.reward_kwargs)
+    reference = _load_reference(config, vocab_size)
+    batch = EpisodeBatch(
+        tokenizer=tokenizer, vocab_size=vocab_size, reward_model=reward, reference=reference,
+        kl_coef=config.kl_coef, kl_penalty=config.kl_penalty,
+        max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
+        eos_token_ids=_eos_ids(config.model, tokenizer), batch_size=batch_size,
+        reference_pending=config.reference_model == SHARED_REFERENCE,
+        prompt_format=_prompt_format(config.prompt_format, tokenizer), instruction=task.instruction,
+    )
+    return batch, task
+
+
+def _load_reference(config: TextGenConfig | TextChatConfig, vocab_size: int) -> PreTrainedModel | None:
+    """The frozen reference model of ``config`` (None with ``kl_coef=0`` or a shared reference)."""
     reference = None
     shared = config.reference_model == SHARED_REFERENCE
     if config.kl_coef > 0 and not shared:
@@ -179,14 +196,7 @@ def build_episode_batch(config: TextGenConfig, batch_size: int) -> tuple[Episode
             raise ConfigError(f"the reference model {_model_label(source)!r} has a vocabulary of {reference_vocab} "
                               f"tokens, fewer than the policy model's {vocab_size}: use a reference with the same "
                               "tokenizer")
-    batch = EpisodeBatch(
-        tokenizer=tokenizer, vocab_size=vocab_size, reward_model=reward, reference=reference,
-        kl_coef=config.kl_coef, kl_penalty=config.kl_penalty,
-        max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
-        eos_token_ids=_eos_ids(config.model, tokenizer), batch_size=batch_size, reference_pending=shared,
-        prompt_format=_prompt_format(config.prompt_format, tokenizer), instruction=task.instruction,
-    )
-    return batch, task
+    return reference
 
 
 def sample_prompt(task: Task, split: str, rng: Any) -> str:
@@ -224,3 +234,101 @@ def parse_reset_options(options: Mapping[str, Any] | None, allowed: tuple[str, .
     if "group_size" in parsed:
         parsed["group_size"] = check_int("reset option group_size", parsed["group_size"], 1)
     return parsed
+
+
+# ------------------------------------------------------------------------------------------ TextChat-v0
+#: Defaults of ``TextChat-v0``'s budgets (the first message's tokens are bounded by ``max_prompt_tokens``).
+DEFAULT_MAX_TURNS = 4
+DEFAULT_MAX_TURN_TOKENS = 32
+DEFAULT_MAX_EPISODE_TOKENS = 192
+DEFAULT_CHAT_PROMPT_TOKENS = 64
+
+
+@dataclass
+class TextChatConfig:
+    """Arguments of ``gym.make("TextChat-v0", ...)`` and ``gym.make_vec("TextChat-v0", ...)``."""
+
+    model: str | PreTrainedModel = field(default="tiny", metadata={
+        "help": "Policy model alias, local path or hub id: defines the tokenizer, the vocabulary (action space) "
+                "and, by default, the reference model."})
+    task: str = field(default="guess-number", metadata={
+        "help": "The multi-turn task: a registered responder name (see `textgen-rl tasks`) or "
+                "'textarena:<GameId>'."})
+    responder: ResponderSpec | None = field(default=None, metadata={
+        "help": "The other side of the conversation: a registered name, 'textarena:<GameId>' or a zero-argument "
+                "factory returning a responder (one per sub-env). None: the task's responder."})
+    kl_coef: float = field(default=0.05, metadata={
+        "help": "KL penalty coefficient beta (on agent tokens only). 0 loads no reference model at all."})
+    kl_penalty: str = field(default="dense", metadata={
+        "help": "'dense': pay beta * log pi_ref(a_t|s_t) every agent step; 'sparse': pay the sum on the last step."})
+    max_turns: int = field(default=DEFAULT_MAX_TURNS, metadata={
+        "help": "Agent turns per episode: the episode ends once the last one is answered."})
+    max_turn_tokens: int = field(default=DEFAULT_MAX_TURN_TOKENS, metadata={
+        "help": "Tokens per agent turn: the env closes a longer turn with the end-of-turn token."})
+    max_episode_tokens: int = field(default=DEFAULT_MAX_EPISODE_TOKENS, metadata={
+        "help": "Budget of agent and responder tokens after the first message (the observation holds "
+                "max_prompt_tokens + max_episode_tokens tokens)."})
+    max_prompt_tokens: int | None = field(default=None, metadata={
+        "help": "The first message is truncated from the left to this many tokens (with a warning). None: 64, or "
+                "what the model's context length leaves after max_episode_tokens."})
+    reference_model: str | PreTrainedModel | None = field(default=None, metadata={
+        "help": "Frozen reference LM of the KL penalty (as in TextGen-v0; '<policy>': a LoRA policy's base)."})
+    prompt_format: str = field(default="auto", metadata={
+        "help": "'chat': messages through the tokenizer's chat template; 'raw': the plain template "
+                "'User: ...\\nAssistant:'; 'auto': chat when the tokenizer has a chat template."})
+    device: str = field(default="auto", metadata={"help": "Device of the reference model."})
+    dtype: str = field(default="auto", metadata={"help": "dtype of the reference model."})
+    verbose: bool = field(default=False, metadata={"help": "Show transformers' progress bars while loading."})
+
+    def __post_init__(self) -> None:
+        """Validate (and normalise) every field before anything is loaded."""
+        for name in ("model", "reference_model"):
+            value = getattr(self, name)
+            if not (isinstance(value, (str, os.PathLike, PreTrainedModel)) or (name == "reference_model"
+                                                                              and value is None)):
+                raise ConfigError(f"{name} must be a model alias, a local folder, a hub id or a PreTrainedModel, "
+                                  f"got {describe(value)}")
+        if not isinstance(self.task, str) or not self.task:
+            raise ConfigError(f"task must be a responder name or 'textarena:<GameId>', got {describe(self.task)}")
+        if self.responder is not None and not isinstance(self.responder, str) and not callable(self.responder):
+            raise ConfigError(f"responder must be None, a registered name, 'textarena:<GameId>' or a zero-argument "
+                              f"factory, got {describe(self.responder)}")
+        if not isinstance(self.prompt_format, str) or self.prompt_format not in ("auto", *PROMPT_FORMATS):
+            raise ConfigError(f"prompt_format must be one of {('auto', *PROMPT_FORMATS)}, got "
+                              f"{describe(self.prompt_format)}")
+        if not isinstance(self.kl_penalty, str) or self.kl_penalty not in KL_PENALTIES:
+            raise ConfigError(f"kl_penalty must be one of {KL_PENALTIES}, got {describe(self.kl_penalty)}")
+        self.kl_coef = check_real("kl_coef", self.kl_coef, 0.0, MAX_KL_COEF)
+        self.max_turns = check_int("max_turns", self.max_turns, 1, MAX_WINDOW)
+        self.max_episode_tokens = check_int("max_episode_tokens", self.max_episode_tokens, 2, MAX_WINDOW)
+        self.max_turn_tokens = check_int("max_turn_tokens", self.max_turn_tokens, 1, self.max_episode_tokens)
+        if self.max_prompt_tokens is not None:
+            self.max_prompt_tokens = check_int("max_prompt_tokens", self.max_prompt_tokens, 1, MAX_WINDOW)
+        self.verbose = check_bool("verbose", self.verbose)
+        resolve_dtype(self.dtype, self.device)
+
+    @property
+    def responder_spec(self) -> ResponderSpec:
+        """What builds the responders: ``responder``, else the task's name."""
+        return self.responder if self.responder is not None else self.task
+
+
+def build_chat_batch(config: TextChatConfig, batch_size: int) -> EpisodeBatch:
+    """The multi-turn :class:`EpisodeBatch` of ``config``: tokenizer, reference model, chat format and
+    responder factory (one responder is built and checked now, so a bad factory fails here)."""
+    factory = responder_factory(config.responder_spec)
+    build_responder(factory)
+    max_prompt_tokens = _prompt_budget(config, config.max_episode_tokens, DEFAULT_CHAT_PROMPT_TOKENS)
+    label = _model_label(config.model)
+    tokenizer = load_tokenizer(label, verbose=config.verbose)
+    vocab_size = _vocab_size(config.model)
+    check_vocabulary(tokenizer, vocab_size, label)
+    chat_format = ChatFormat(tokenizer, use_template=_prompt_format(config.prompt_format, tokenizer) == "chat")
+    dialogue = Dialogue(factory, chat_format, config.max_turns, config.max_turn_tokens)
+    return EpisodeBatch(
+        tokenizer=tokenizer, vocab_size=vocab_size, reward_model=None, reference=_load_reference(config, vocab_size),
+        kl_coef=config.kl_coef, kl_penalty=config.kl_penalty, max_new_tokens=config.max_episode_tokens,
+        max_prompt_tokens=max_prompt_tokens, eos_token_ids=_eos_ids(config.model, tokenizer), batch_size=batch_size,
+        reference_pending=config.reference_model == SHARED_REFERENCE,
+        prompt_format=_prompt_format(config.prompt_format, tokenizer), dialogue=dialogue,
+    )

@@ -10,7 +10,7 @@ from gymnasium import spaces
 from transformers import PreTrainedModel
 
 from text_envs.config import RewardSpec, TextGenConfig, build_episode_batch, parse_reset_options, sample_prompt
-from text_envs.episode_batch import EpisodeBatch
+from text_envs.episode_batch import EpisodeBatch, Restart
 from text_envs.errors import ConfigError, EnvClosedError
 from text_envs.rendering import render_text_image
 from text_envs.tasks import Task
@@ -30,15 +30,26 @@ class TextGenBase:
 
     batch: EpisodeBatch
     metadata: dict[str, Any]
+    #: ``reset(options=...)`` keys of the single env.
+    reset_option_names: tuple[str, ...] = ("prompt", "split")
 
-    def _setup(self, config: TextGenConfig, batch_size: int, render_mode: str | None) -> None:
+    def _build_batch(self, config: Any, batch_size: int) -> tuple[EpisodeBatch, Task | None]:
+        """The episode engine of ``config`` (TextChat overrides it with the multi-turn one)."""
+        return build_episode_batch(config, batch_size=batch_size)
+
+    def _draw_spec(self, split: str, rng: np.random.Generator) -> Any:
+        """What starts one episode, drawn with ``rng``: a prompt of the task's ``split`` (TextChat: a responder
+        seed)."""
+        return sample_prompt(self.task, split, rng)
+
+    def _setup(self, config: Any, batch_size: int, render_mode: str | None) -> None:
         if render_mode is not None and (not isinstance(render_mode, str)
                                         or render_mode not in self.metadata["render_modes"]):
             raise ConfigError(f"render_mode must be None or one of {self.metadata['render_modes']}, got "
                               f"{describe(render_mode)}")
         self.config = config
         self.render_mode = render_mode
-        self.batch, self.task = build_episode_batch(config, batch_size=batch_size)
+        self.batch, self.task = self._build_batch(config, batch_size)
         self.tokenizer = self.batch.tokenizer
         self._closed = False
 
@@ -205,26 +216,34 @@ class TextGenEnv(TextGenBase, gym.Env[dict, np.int64]):
         """
         self._check_open("reset")
         seed = check_seed("seed", seed)
-        opts = parse_reset_options(options)
+        opts = parse_reset_options(options, self.reset_option_names)
         forced = self.batch.encode([opts["prompt"]]) if "prompt" in opts else None
         generator, generator_seed = self._np_random, self._np_random_seed
         state = None if generator is None else generator.bit_generator.state
         super().reset(seed=seed)
         try:
-            prompt = opts["prompt"] if forced else sample_prompt(self.task, opts["split"], self.np_random)
-            self.batch.start([0], [prompt], forced)
+            restart = (Restart([opts["prompt"]], forced, None) if forced else
+                       self.batch.prepare([0], [self._draw_spec(opts["split"], self.np_random)], opts["split"]))
+            prompt = restart.prompts[0]
+            self.batch.start([0], *restart)
         except BaseException:  # put the generator back as it was (a task prompt that does not encode...)
             self._np_random, self._np_random_seed = generator, generator_seed
             if generator is not None:
                 generator.bit_generator.state = state
             raise
-        return self.batch.observation(0), {"prompt": prompt}
+        return self.batch.observation(0), self._reset_info(prompt)
+
+    def _reset_info(self, prompt: str) -> dict[str, Any]:
+        return {"prompt": prompt}
 
     def step(self, action: int) -> tuple[dict, float, bool, bool, dict]:
         """Append token ``action``; see the class docstring for rewards and episode end."""
         self._check_open("step")
         rewards, done, infos = self.batch.step(np.asarray([token_id(action, self.batch.vocab_size)]))
-        return self.batch.observation(0), float(rewards[0]), bool(done[0]), False, infos[0] or {}
+        return self.batch.observation(0), float(rewards[0]), bool(done[0]), False, self._step_info(infos[0])
+
+    def _step_info(self, final: dict[str, Any] | None) -> dict[str, Any]:
+        return final or {}
 
     def render(self) -> str | np.ndarray | None:
         """``"ansi"``: the prompt and the text generated so far; ``"rgb_array"``: the same text drawn in an

@@ -19,14 +19,16 @@ import contextlib
 import copy
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, NamedTuple
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from text_envs.dialogue import Dialogue
 from text_envs.errors import ConfigError, EpisodeFinishedError, InvalidPromptError, RewardModelError, TextEnvsError
 from text_envs.lm_stepper import BatchedLMStepper, continuation_logprob_sums
+from text_envs.responders.base import Turn
 from text_envs.rewards import RewardModel, validate_scores
 from text_envs.validation import MAX_KL_COEF, check_prompt, check_real, token_ids
 
@@ -39,13 +41,54 @@ class PromptTruncatedWarning(UserWarning):
 
 @dataclass
 class SlotState:
-    """One episode in the batch."""
+    """One episode in the batch.
+
+    ``generated`` holds every token after the prompt: the agent's actions and, in a multi-turn episode, the
+    responder's replies (at the indices in ``env_positions``), in observation order.
+    """
 
     prompt: str = ""
     prompt_ids: list[int] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)
     finished: bool = True
     ref_logprob_sum: float = 0.0
+    env_positions: list[int] = field(default_factory=list)  # indices into `generated` of responder tokens
+    turn_start: int = 0  # index into `generated` where the agent's current turn began
+    turns: list[dict[str, Any]] = field(default_factory=list)  # answered turns: agent text, reply, reward
+    score: float = 0.0  # sum of the turn rewards so far (multi-turn)
+    responder: Any = None  # the episode's responder (multi-turn)
+    responder_info: dict[str, Any] = field(default_factory=dict)  # the last turn's info
+
+    @property
+    def num_agent_tokens(self) -> int:
+        """Actions taken so far."""
+        return len(self.generated) - len(self.env_positions)
+
+    def agent_flags(self) -> list[int]:
+        """1 for each agent token of ``generated``, 0 for each responder token."""
+        flags = [1] * len(self.generated)
+        for index in self.env_positions:
+            flags[index] = 0
+        return flags
+
+
+class PendingTurn(NamedTuple):
+    """The responder's side of an agent turn that ends on this step, computed before the commit."""
+
+    text: str  # the agent's turn, decoded
+    turn: Turn  # the responder's validated answer
+    responder: Any  # the advanced copy of the responder (kept on commit)
+    chunk: list[int]  # tokens appended to the observation (empty when the episode ends)
+    finish_reason: str | None  # why the episode ends on this turn, or None if it goes on
+
+
+class Restart(NamedTuple):
+    """New episodes prepared for some slots (validated; nothing mutated): what :meth:`EpisodeBatch.start`
+    consumes."""
+
+    prompts: list[str]  # the task prompts or, multi-turn, the responders' first messages
+    encoded: list[list[int]]
+    responders: list[Any] | None  # multi-turn: the reset responders
 
 
 PROMPT_FORMATS = ("raw", "chat")
@@ -94,17 +137,23 @@ class EpisodeBatch:
         :meth:`attach_reference` (a LoRA policy: one copy of the base weights for both).
     :param prompt_format: ``"raw"`` or ``"chat"`` (see :func:`encode_prompt`).
     :param instruction: the user message of the chat format, ``{prompt}`` standing for the task's prompt.
+    :param dialogue: multi-turn episodes (``TextChat-v0``): a responder answers each agent turn, its
+        tokens are appended to the observation (never actions) and it pays the rewards (``reward_model``
+        is then unused). ``max_new_tokens`` is the episode's budget of agent and responder tokens. None:
+        one turn, scored by ``reward_model`` (``TextGen-v0``): the one-turn case of the same engine.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, reward_model: RewardModel,
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, reward_model: RewardModel | None,
                  reference: PreTrainedModel | None, kl_coef: float, kl_penalty: str, max_new_tokens: int,
                  max_prompt_tokens: int, eos_token_ids: frozenset[int], batch_size: int,
-                 reference_pending: bool = False, prompt_format: str = "raw", instruction: str = "{prompt}") -> None:
+                 reference_pending: bool = False, prompt_format: str = "raw", instruction: str = "{prompt}",
+                 dialogue: Dialogue | None = None) -> None:
         if kl_penalty not in KL_PENALTIES:
             raise ConfigError(f"kl_penalty must be one of {KL_PENALTIES}, got {kl_penalty!r}")
         if prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
         self.prompt_format, self.instruction = prompt_format, instruction
+        self.dialogue = dialogue
         self.reference_pending = reference_pending and reference is None
         self.reference_context: Callable[[], ContextManager[Any]] = contextlib.nullcontext
         self.tokenizer = tokenizer
@@ -186,21 +235,49 @@ class EpisodeBatch:
         return [encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens, self.prompt_format, self.instruction)
                 for prompt in prompts]
 
-    def start(self, slots: list[int], prompts: list[str], encoded: list[list[int]] | None = None) -> None:
+    def prepare(self, slots: list[int], specs: list[Any], split: str = "train") -> Restart:
+        """New episodes for ``slots`` without touching the batch: ``specs`` are task prompts (one turn) or,
+        multi-turn, responder seeds (each slot gets a fresh responder reset with its seed and
+        ``options={"split": split}``). Raises (an invalid prompt, a failing responder) with nothing changed."""
+        if self.dialogue is None:
+            return Restart(list(specs), self.encode(list(specs)), None)
+        responders, prompts, encoded = [], [], []
+        for seed in specs:
+            responder = self.dialogue.new_responder()
+            message = self.dialogue.open(responder, int(seed), split)
+            responders.append(responder)
+            prompts.append(message)
+            encoded.append(self._encode_opening(message))
+        return Restart(prompts, encoded, responders)
+
+    def _encode_opening(self, message: str) -> list[int]:
+        ids = self.dialogue.chat_format.opening(message)
+        if len(ids) > self.max_prompt_tokens:
+            warnings.warn(f"first message of {len(ids)} tokens truncated from the left to max_prompt_tokens="
+                          f"{self.max_prompt_tokens}: {message[:60]!r}", PromptTruncatedWarning, stacklevel=4)
+            ids = ids[-self.max_prompt_tokens:]
+        return ids
+
+    def start(self, slots: list[int], prompts: list[str], encoded: list[list[int]] | None = None,
+              responders: list[Any] | None = None) -> None:
         """Begin new episodes in ``slots`` from ``prompts`` (one batched reference prefill).
 
-        ``encoded`` (from :meth:`encode`) skips re-encoding prompts the caller already validated. Every
+        ``encoded`` (from :meth:`encode` or :meth:`prepare`) skips re-encoding prompts the caller already
+        validated; ``responders`` (multi-turn, from :meth:`prepare`) are the episodes' reset responders. Every
         prompt is encoded before anything changes: an invalid one raises with the batch untouched.
         """
         self._check_reference()
+        if self.dialogue is not None and (responders is None or encoded is None):
+            raise ConfigError("a multi-turn batch starts episodes from prepare()'s result (responders and tokens)")
         encoded = self.encode(prompts) if encoded is None else encoded
         if self.stepper is not None:
             logits = self.stepper.prefill(slots, encoded).logits
             if self.ref_logprobs is None:
                 self.ref_logprobs = torch.zeros((self.batch_size, logits.shape[-1]), device=logits.device)
             self.ref_logprobs[torch.as_tensor(slots, device=logits.device)] = torch.log_softmax(logits, -1)
-        for slot, prompt, ids in zip(slots, prompts, encoded):
-            self.slots[slot] = SlotState(prompt=prompt, prompt_ids=ids, finished=False)
+        for index, (slot, prompt, ids) in enumerate(zip(slots, prompts, encoded)):
+            responder = None if responders is None else responders[index]
+            self.slots[slot] = SlotState(prompt=prompt, prompt_ids=ids, finished=False, responder=responder)
 
     # ----------------------------------------------------------------------------------- observation
     def observation(self, slot: int) -> dict[str, np.ndarray]:
@@ -212,6 +289,15 @@ class EpisodeBatch:
         ids[self.window - len(tokens):] = tokens
         mask[self.window - len(tokens):] = 1
         return {"input_ids": ids, "attention_mask": mask}
+
+    def agent_mask(self, slot: int) -> np.ndarray:
+        """int8 ``(window,)``, aligned with :meth:`observation`: 1 where the observation holds an agent token
+        (an action), 0 on the prompt, the responder's tokens and padding."""
+        state = self.slots[slot]
+        mask = np.zeros(self.window, dtype=np.int8)
+        if state.generated:
+            mask[self.window - len(state.generated):] = state.agent_flags()
+        return mask
 
     def observations(self) -> dict[str, np.ndarray]:
         """Observations of all slots stacked: ``(B, window)`` arrays."""
@@ -234,14 +320,18 @@ class EpisodeBatch:
             raise EpisodeFinishedError(f"step() called on a finished episode (slot {finished[0]}): call reset() first")
         return actions
 
-    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any] | None]]:
+    def step(self, actions: Any, restart: Callable[[list[int]], Restart] | None = None
+             ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any] | None]]:
         """Apply one token per slot; returns ``rewards (B,)``, ``terminated (B,)`` and, per slot, the final
         info dict of an episode that ended on this step (else None).
 
-        Everything that can fail runs before the first mutation: actions are validated, and the
-        episodes ending on this step are scored (and, in the sparse mode, their reference sums computed)
-        from their prospective tokens. If the reward model raises or returns bad scores, a
-        :class:`~text_envs.errors.RewardModelError` naming it is raised and nothing has changed.
+        Everything that can fail runs before the first mutation: actions are validated, the episodes ending on
+        this step are scored (and, in the sparse mode, their reference sums computed) from their prospective
+        tokens, the responders answer the turns ending on this step (on copies), and ``restart(finished)`` runs
+        (autoreset: it prepares the next episodes of the slots that finish, with :meth:`prepare`; the caller
+        starts them after this call). If the reward model or a responder raises or returns a bad result, a
+        :class:`~text_envs.errors.RewardModelError` or :class:`~text_envs.errors.ResponderError` naming it is
+        raised and nothing has changed.
         """
         self._check_reference()
         actions = self._validate(actions)
@@ -249,35 +339,96 @@ class EpisodeBatch:
         if self.stepper is not None:
             index = torch.as_tensor(actions, device=self.ref_logprobs.device)
             ref_logp = self.ref_logprobs.gather(1, index[:, None]).squeeze(1).double().cpu().numpy()
-        done = np.array([int(a) in self.eos_token_ids or len(s.generated) + 1 >= self.max_new_tokens
-                         for a, s in zip(actions, self.slots)], dtype=bool)
+        if self.dialogue is None:
+            done = np.array([int(a) in self.eos_token_ids or len(s.generated) + 1 >= self.max_new_tokens
+                             for a, s in zip(actions, self.slots)], dtype=bool)
+            pending: dict[int, PendingTurn] = {}
+        else:
+            pending = self._answer_turns(actions)
+            done = np.array([slot in pending and pending[slot].finish_reason is not None
+                             for slot in range(self.batch_size)], dtype=bool)
         finished = np.flatnonzero(done).tolist()
         completions = {slot: self.slots[slot].generated + [int(actions[slot])] for slot in finished}
         ref_sums = {slot: self.slots[slot].ref_logprob_sum + float(ref_logp[slot]) for slot in finished}
         if finished and self.kl_penalty == "sparse" and self.reference is not None:
+            weights = None if self.dialogue is None else [self.slots[s].agent_flags() + [1] for s in finished]
             sums = continuation_logprob_sums(self.reference, [self.slots[s].prompt_ids for s in finished],
-                                             [completions[s] for s in finished], self.pad_id, self.reference_context)
+                                             [completions[s] for s in finished], self.pad_id, self.reference_context,
+                                             weights)
             ref_sums = dict(zip(finished, sums))
-        scores = self._score(finished, completions) if finished else np.zeros(0)
+        if self.dialogue is None:
+            scores = self._score(finished, completions) if finished else np.zeros(0)
+        else:
+            scores = np.array([self.slots[s].score + pending[s].turn.reward for s in finished])
+        if restart is not None and finished:
+            restart(finished)  # may raise (a responder's reset...): still nothing changed
         # ---- commit: nothing below raises for valid input
         rewards = self.kl_coef * ref_logp if self.kl_penalty == "dense" else np.zeros(self.batch_size)
         for slot, action in enumerate(actions):
             state = self.slots[slot]
             state.generated.append(int(action))
             state.ref_logprob_sum += float(ref_logp[slot])
+        for slot, answer in pending.items():
+            rewards[slot] += answer.turn.reward
+            self._commit_turn(self.slots[slot], answer)
         infos: list[dict[str, Any] | None] = [None] * self.batch_size
         for slot, score in zip(finished, scores):
             state = self.slots[slot]
             state.ref_logprob_sum = ref_sums[slot]
             if self.kl_penalty == "sparse":
-                rewards[slot] = self.kl_coef * state.ref_logprob_sum
-            rewards[slot] += score
+                rewards[slot] = self.kl_coef * state.ref_logprob_sum + (rewards[slot] if self.dialogue else 0.0)
+            if self.dialogue is None:
+                rewards[slot] += score
             state.finished = True
-            infos[slot] = self.final_info(slot, float(score))
+            infos[slot] = self.final_info(slot, float(score), pending[slot].finish_reason if pending else None)
         if self.stepper is not None and not done.all():
-            logits = self.stepper.step(torch.as_tensor(actions), torch.as_tensor(~done)).logits
+            chunks = [[] if done[slot] else [int(actions[slot])] + (pending[slot].chunk if slot in pending else [])
+                      for slot in range(self.batch_size)]
+            if any(len(chunk) > 1 for chunk in chunks):  # a responder's reply: one prefill of the new chunk
+                logits = self.stepper.extend(chunks).logits
+            else:
+                logits = self.stepper.step(torch.as_tensor(actions), torch.as_tensor(~done)).logits
             self.ref_logprobs = torch.log_softmax(logits, -1)
         return rewards, done, infos
+
+    def _answer_turns(self, actions: np.ndarray) -> dict[int, PendingTurn]:
+        """Multi-turn: the responder's answer to every agent turn that ends with ``actions`` (no mutation)."""
+        dialogue = self.dialogue
+        pending: dict[int, PendingTurn] = {}
+        for slot, action in enumerate(actions):
+            state = self.slots[slot]
+            action = int(action)
+            turn_tokens = len(state.generated) - state.turn_start + 1
+            closed = action in self.eos_token_ids
+            out_of_budget = len(state.generated) + 1 >= self.max_new_tokens
+            if not (closed or out_of_budget or turn_tokens >= dialogue.max_turn_tokens):
+                continue
+            text = self.decode(state.generated[state.turn_start:] + [action])
+            turn, responder = dialogue.respond(state.responder, text)
+            reason = "done" if turn.done else ("max_turns" if len(state.turns) + 1 >= dialogue.max_turns else None)
+            chunk: list[int] = []
+            if reason is None:
+                chunk = dialogue.chat_format.reply(turn.reply or "", close_turn=not closed)
+                # room for the reply and at least one more agent token
+                if len(state.generated) + 1 + len(chunk) + 1 > self.max_new_tokens:
+                    reason, chunk = "length", []
+            if out_of_budget and reason is None:
+                reason, chunk = "length", []
+            pending[slot] = PendingTurn(text, turn, responder, chunk, reason)
+        return pending
+
+    @staticmethod
+    def _commit_turn(state: SlotState, answer: PendingTurn) -> None:
+        """Record an answered turn (the action is already appended) and append the reply's tokens."""
+        state.responder = answer.responder
+        state.score += answer.turn.reward
+        state.responder_info = answer.turn.info
+        state.turns.append({"agent": answer.text, "reply": answer.turn.reply, "reward": answer.turn.reward})
+        if answer.chunk:
+            first = len(state.generated)
+            state.generated.extend(answer.chunk)
+            state.env_positions.extend(range(first, len(state.generated)))
+        state.turn_start = len(state.generated)
 
     def _score(self, slots: list[int], completions: dict[int, list[int]]) -> np.ndarray:
         """Scores of the episodes ending in ``slots`` (one batched reward call), validated."""
@@ -293,16 +444,26 @@ class EpisodeBatch:
                                    "applied (retry it, or reset)") from error
         return validate_scores(raw, len(slots), name)
 
-    def final_info(self, slot: int, score: float) -> dict[str, Any]:
-        """The info dict of a finished episode (plain Python values)."""
+    def final_info(self, slot: int, score: float, finish_reason: str | None = None) -> dict[str, Any]:
+        """The info dict of a finished episode (plain Python values).
+
+        Multi-turn episodes add ``num_turns``, ``turns`` (per answered turn: the agent's text, the reply and
+        its reward), ``num_env_tokens``, ``responder_info`` (the last turn's info) and ``agent_mask`` (0/1 per
+        token after the prompt); ``num_tokens`` counts the agent's tokens (actions) only, ``text`` is the
+        whole conversation after the first message and ``score`` the sum of the turn rewards."""
         state = self.slots[slot]
         last = state.generated[-1]
-        return {
+        info = {
             "prompt": state.prompt,
             "text": self.completion_text(slot),
             "score": score,
             "kl_ref_logprob_sum": state.ref_logprob_sum if self.reference is not None else float("nan"),
-            "num_tokens": len(state.generated),
-            "finish_reason": "eos" if last in self.eos_token_ids else "length",
+            "num_tokens": state.num_agent_tokens,
+            "finish_reason": finish_reason or ("eos" if last in self.eos_token_ids else "length"),
             "kl_coef": self.kl_coef,
         }
+        if self.dialogue is not None:
+            info.update(num_turns=len(state.turns), turns=copy.deepcopy(state.turns),
+                        num_env_tokens=len(state.env_positions), responder_info=dict(state.responder_info),
+                        agent_mask=state.agent_flags())
+        return info

@@ -64,3 +64,15 @@ class EnvClosedError(TextEnvsError, RuntimeError):
 
 class InvalidObservationError(TextEnvsError, ValueError):
     """An observation a policy cannot read: ids that are not integers or lie outside the vocabulary."""
+
+
+class ResponderError(TextEnvsError, ValueError):
+    """A responder (the other side of a ``TextChat-v0`` conversation) raised or returned a malformed turn;
+    the step that called it was not applied."""
+
+
+class UnknownResponderError(TextEnvsError, KeyError):
+    """A responder name that is not registered."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

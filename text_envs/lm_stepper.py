@@ -149,6 +149,33 @@ class BatchedLMStepper:
         self._trim()
         return out
 
+    @torch.no_grad()
+    def extend(self, chunks: Sequence[Sequence[int]]) -> StepOutput:
+        """Append a chunk of tokens ``chunks[slot]`` (possibly empty) to every slot with ONE forward.
+
+        Chunks are left-padded to the longest one, so every non-empty chunk's newest token sits in the last
+        column (what the returned logits predict from); a slot with an empty chunk only gets masked columns
+        (its output row is meaningless). With one-token chunks this is :meth:`step`. This is how a
+        multi-turn episode's injected tokens (a responder's reply) enter the cache: one prefill of the new
+        chunk, never a recompute of the history.
+        """
+        if self.cache is None:
+            raise RuntimeError("extend() before prefill(): every slot needs a prefix first")
+        if len(chunks) != self.batch_size:
+            raise ValueError(f"extend needs one chunk per slot ({self.batch_size}), got {len(chunks)}")
+        width = max(len(chunk) for chunk in chunks)
+        if width == 0:
+            raise ValueError("extend needs at least one non-empty chunk")
+        ids, chunk_mask = left_pad(chunks, self.pad_id, self.device)  # (B, W)
+        self.mask = torch.cat([self.mask, chunk_mask], dim=1)
+        positions = self.positions[:, None] + (chunk_mask.cumsum(-1) - 1).clamp(min=0)  # (B, W)
+        out = self._forward(ids, self.mask, positions, self.cache)
+        self.positions = self.positions + chunk_mask.sum(-1)
+        for slot, chunk in enumerate(chunks):
+            self.tokens[slot].extend(int(t) for t in chunk)
+        self._trim()
+        return out
+
     def get_state(self) -> dict[str, Any]:
         """Everything the stepper holds (cache tensors included, copied), for checkpoints; see :meth:`set_state`."""
         layers = None if self.cache is None else [(layer.keys.clone(), layer.values.clone())
@@ -219,11 +246,14 @@ class BatchedLMStepper:
 @torch.no_grad()
 def continuation_logprob_sums(model: PreTrainedModel, prefixes: Sequence[Sequence[int]],
                               continuations: Sequence[Sequence[int]], pad_id: int,
-                              context: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> list[float]:
-    """``sum_t log p(c_t | prefix, c_<t)`` of each non-empty continuation, in ONE left-padded forward.
+                              context: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+                              weights: Sequence[Sequence[int]] | None = None) -> list[float]:
+    """``sum_t w_t log p(c_t | prefix, c_<t)`` of each non-empty continuation, in ONE left-padded forward.
 
-    With left padding every continuation ends at the last column, so the logits of the last
-    ``max_len + 1`` positions cover all of them (``logits_to_keep``).
+    ``weights`` (0/1 per continuation token, default all 1) selects the tokens that count: a multi-turn
+    episode's agent tokens, its responder's tokens being context only. With left padding every
+    continuation ends at the last column, so the logits of the last ``max_len + 1`` positions cover all
+    of them (``logits_to_keep``).
     """
     device = next(model.parameters()).device
     ids, mask = left_pad([list(p) + list(c) for p, c in zip(prefixes, continuations)], pad_id, device)
@@ -235,5 +265,8 @@ def continuation_logprob_sums(model: PreTrainedModel, prefixes: Sequence[Sequenc
     sums = []
     for row, continuation in enumerate(continuations):
         tokens = torch.as_tensor(list(continuation), device=device)
-        sums.append(float(logp[row, width - len(tokens):].gather(-1, tokens[:, None]).sum()))
+        terms = logp[row, width - len(tokens):].gather(-1, tokens[:, None]).squeeze(-1)  # (len,)
+        if weights is not None:
+            terms = terms * torch.as_tensor(list(weights[row]), dtype=terms.dtype, device=device)
+        sums.append(float(terms.sum()))
     return sums

@@ -12,8 +12,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from transformers import PreTrainedModel
 
-from text_envs.config import RewardSpec, TextGenConfig, parse_reset_options, sample_prompt
+from text_envs.config import RewardSpec, TextGenConfig, parse_reset_options
 from text_envs.env import TextGenBase, observation_space
+from text_envs.episode_batch import Restart
 from text_envs.errors import ConfigError
 from text_envs.rendering import render_text_image
 from text_envs.tasks import Task
@@ -48,6 +49,8 @@ class TextGenVectorEnv(TextGenBase, VectorEnv):
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "autoreset_mode": AutoresetMode.SAME_STEP}
+    #: ``reset(options=...)`` keys of the vector env.
+    vector_reset_option_names: tuple[str, ...] = VECTOR_RESET_OPTIONS
 
     def __init__(self, num_envs: int = 1, model: str | PreTrainedModel = "tiny", task: str | Task = "sentiment",
                  reward_model: RewardSpec = None, reward_kwargs: Mapping[str, Any] | None = None,
@@ -60,6 +63,9 @@ class TextGenVectorEnv(TextGenBase, VectorEnv):
                                kl_coef=kl_coef, kl_penalty=kl_penalty, max_new_tokens=max_new_tokens,
                                max_prompt_tokens=max_prompt_tokens, reference_model=reference_model,
                                device=device, dtype=dtype, verbose=verbose, prompt_format=prompt_format)
+        self._init_vector(config, num_envs, render_mode)
+
+    def _init_vector(self, config: Any, num_envs: int, render_mode: str | None) -> None:
         self.num_envs = num_envs
         self._setup(config, batch_size=num_envs, render_mode=render_mode)
         self.single_action_space = spaces.Discrete(self.batch.vocab_size)
@@ -85,7 +91,7 @@ class TextGenVectorEnv(TextGenBase, VectorEnv):
         """
         self._check_open("reset")
         seeds = self._seeds(seed)
-        opts = parse_reset_options(options, VECTOR_RESET_OPTIONS)
+        opts = parse_reset_options(options, self.vector_reset_option_names)
         group_size = self._validate_group_size(opts.get("group_size", 1))
         if "prompts" in opts and len(opts["prompts"]) != self.num_envs:
             raise ConfigError(f"reset option prompts needs {self.num_envs} prompts, got {len(opts['prompts'])}")
@@ -95,18 +101,26 @@ class TextGenVectorEnv(TextGenBase, VectorEnv):
         self._split, self._group_size = opts["split"], group_size
         self._group_queues, self._episode_counts = {}, [0] * self.num_envs
         try:
-            if "prompts" in opts:
-                prompts = list(opts["prompts"])
-            elif "prompt" in opts:
-                prompts = [opts["prompt"]] * self.num_envs
-            else:
-                prompts = [self._next_prompt(i) for i in range(self.num_envs)]
-            self.batch.start(list(range(self.num_envs)), prompts)
+            specs = self._forced_specs(opts)
+            if specs is None:
+                specs = [self._next_prompt(i) for i in range(self.num_envs)]
+            restart = self.batch.prepare(list(range(self.num_envs)), specs, self._split)
+            self.batch.start(list(range(self.num_envs)), *restart)
         except BaseException:
             self._rngs, self._split, self._group_size, self._group_queues, self._episode_counts = saved
             raise
-        return self.batch.observations(), {"prompt": np.array(prompts, dtype=object),
-                                           "_prompt": np.ones(self.num_envs, dtype=bool)}
+        return self.batch.observations(), self._reset_infos(restart.prompts)
+
+    def _forced_specs(self, opts: dict[str, Any]) -> list[Any] | None:
+        """The episode starts forced by reset options (``prompts``/``prompt``), or None."""
+        if "prompts" in opts:
+            return list(opts["prompts"])
+        if "prompt" in opts:
+            return [opts["prompt"]] * self.num_envs
+        return None
+
+    def _reset_infos(self, prompts: list[str]) -> dict[str, Any]:
+        return {"prompt": np.array(prompts, dtype=object), "_prompt": np.ones(self.num_envs, dtype=bool)}
 
     def _seeds(self, seed: int | list[int] | None) -> list[int] | None:
         if seed is None:
@@ -149,14 +163,29 @@ class TextGenVectorEnv(TextGenBase, VectorEnv):
     def _next_prompt(self, env_index: int) -> str:
         """The next prompt of a sub-env: its own draw, or its group's shared draw."""
         if self._group_size == 1:
-            return sample_prompt(self.task, self._split, self._rngs[env_index])
+            return self._draw_spec(self._split, self._rngs[env_index])
         group = env_index // self._group_size
         queue = self._group_queues.setdefault(group, [])
         episode = self._episode_counts[env_index]
         leader_rng = self._rngs[group * self._group_size]
         while len(queue) <= episode:
-            queue.append(sample_prompt(self.task, self._split, leader_rng))
+            queue.append(self._draw_spec(self._split, leader_rng))
         return queue[episode]
+
+    def _prepare_restart(self, finished: list[int]) -> Restart:
+        """The next episodes of the sub-envs in ``finished`` (their episode counts advanced, their prompts or
+        responders drawn); on failure the generators, queues and counts are put back as they were."""
+        saved = ([rng.bit_generator.state for rng in self._rngs], copy.deepcopy(self._group_queues),
+                 list(self._episode_counts))
+        try:
+            for i in finished:
+                self._episode_counts[i] += 1
+            return self.batch.prepare(finished, [self._next_prompt(i) for i in finished], self._split)
+        except BaseException:
+            for rng, state in zip(self._rngs, saved[0]):
+                rng.bit_generator.state = state
+            self._group_queues, self._episode_counts = saved[1], saved[2]
+            raise
 
     # ------------------------------------------------------------------------------------------ step
     def step(self, actions: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -165,19 +194,24 @@ class TextGenVectorEnv(TextGenBase, VectorEnv):
         ``actions``: ``num_envs`` integer token ids (an array of shape ``(num_envs,)`` or a sequence). A
         rejected step (bad actions, a failing reward model) changes nothing."""
         self._check_open("step")
-        rewards, terminated, final_infos = self.batch.step(actions)
+        counts = list(self._episode_counts)
+        prepared: list[Restart] = []
+        rewards, terminated, final_infos = self.batch.step(
+            actions, restart=lambda finished: prepared.append(self._prepare_restart(finished)) or prepared[-1])
         infos: dict[str, Any] = {}
         finished = np.flatnonzero(terminated).tolist()
         if finished:
             final_obs = {i: self.batch.observation(i) for i in finished}
             for i in finished:
-                final_infos[i].update(group=i // self._group_size, group_episode=self._episode_counts[i])
-                self._episode_counts[i] += 1
-            self.batch.start(finished, [self._next_prompt(i) for i in finished])
+                final_infos[i].update(group=i // self._group_size, group_episode=counts[i])
+            self.batch.start(finished, *prepared[-1])
             for i in finished:
                 infos = self._add_info(infos, {"final_obs": final_obs[i], "final_info": final_infos[i]}, i)
         return (self.batch.observations(), rewards.astype(np.float64), terminated,
-                np.zeros(self.num_envs, dtype=bool), infos)
+                np.zeros(self.num_envs, dtype=bool), self._step_infos(infos))
+
+    def _step_infos(self, infos: dict[str, Any]) -> dict[str, Any]:
+        return infos
 
     def render(self) -> tuple[str, ...] | tuple[np.ndarray, ...] | None:
         """``"ansi"``: prompt + text so far of every sub-env; ``"rgb_array"``: each drawn in an RGB image."""

@@ -185,10 +185,11 @@ class SequenceOnPolicyAlgorithm(OnPolicyAlgorithm):
         """One teacher-forced forward over a minibatch: ``logprobs (B, T)``, ``entropy (B, T)``, ``values (B, T)``.
         ``entropy_grad=False`` returns the entropy without gradient (when it is only logged)."""
         if distributed.is_distributed():  # through DDP, which averages the gradients over the ranks
-            logits, values = self.ddp_module()(batch.input_ids, batch.attention_mask, batch.actions.shape[1])
+            logits, values = self.ddp_module()(batch.input_ids, batch.attention_mask, batch.actions.shape[1],
+                                               batch.action_positions)
         else:
             logits, values = self.policy.evaluate_sequences(batch.input_ids, batch.attention_mask,
-                                                            batch.actions.shape[1])
+                                                            batch.actions.shape[1], batch.action_positions)
         logprobs, entropy = logprobs_and_entropy(logits, batch.actions, entropy_grad)
         return logprobs, entropy, values
 

@@ -63,6 +63,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "events, reward_curve.png, eval.json.")
     add_common_env_args(train)
     train.add_argument("--algo", default="token-ppo", help=", ".join(ALGORITHMS))
+    train.add_argument("--env", default="TextGen-v0", choices=("TextGen-v0", "TextChat-v0"),
+                       help="TextGen-v0 (one completion per prompt) or the multi-turn TextChat-v0 (--task names a "
+                            "responder: guess-number, calculator or textarena:<GameId>; --max-new-tokens is the "
+                            "episode's budget of agent and responder tokens)")
+    train.add_argument("--max-turns", type=positive_int, default=None,
+                       help="TextChat-v0: agent turns per episode (default 4)")
+    train.add_argument("--max-turn-tokens", type=positive_int, default=None,
+                       help="TextChat-v0: tokens per agent turn (default 32)")
     train.add_argument("--timesteps", type=positive_int, default=32_768, help="budget in generated tokens")
     train.add_argument("--kl-coef", type=non_negative_float, default=0.05, help="KL penalty coefficient beta")
     train.add_argument("--kl-target", type=positive_float, default=None,
@@ -126,7 +134,12 @@ def _check_common(args: argparse.Namespace) -> None:
     from text_envs.tasks import get_task
 
     try:
-        get_task(args.task)
+        if getattr(args, "env", "TextGen-v0") == "TextChat-v0":
+            from text_envs.responders import build_responder, responder_factory
+
+            build_responder(responder_factory(args.task))
+        else:
+            get_task(args.task)
     except TextEnvsError as error:
         raise CLIError(f"--task {args.task}: {error}") from None
     for flag, value in (("--model", args.model), ("--reference", getattr(args, "reference", None))):
@@ -191,8 +204,12 @@ def _validate_train(args: argparse.Namespace) -> Path:
 
         if importlib.util.find_spec("peft") is None:
             raise CLIError("--lora-r needs the peft package: pip install 'textgen-rl[lora]'")
+    if args.env != "TextChat-v0" and (args.max_turns is not None or args.max_turn_tokens is not None):
+        raise CLIError("--max-turns and --max-turn-tokens apply to --env TextChat-v0")
+    if args.env == "TextChat-v0" and args.reward_model is not None:
+        raise CLIError("--reward-model applies to TextGen-v0: in TextChat-v0 the responder pays the rewards")
     _check_common(args)
-    return _check_out(args.out, args.task, args.algo)
+    return _check_out(args.out, args.task.replace(":", "-"), args.algo)
 
 
 def _print_metrics(title: str, result: Any) -> None:
@@ -206,7 +223,8 @@ def _print_metrics(title: str, result: Any) -> None:
 def _settings(args: argparse.Namespace) -> Any:
     from agents.training import RunSettings
 
-    return RunSettings(task=args.task, algo=args.algo, model=args.model, reward_model=args.reward_model,
+    return RunSettings(task=args.task, algo=args.algo, env=args.env, max_turns=args.max_turns,
+                       max_turn_tokens=args.max_turn_tokens, model=args.model, reward_model=args.reward_model,
                        max_new_tokens=args.max_new_tokens, device=args.device, threads=args.threads,
                        timesteps=args.timesteps, kl_coef=args.kl_coef, kl_target=args.kl_target,
                        num_envs=args.num_envs, learning_rate=args.learning_rate, seed=args.seed,
