@@ -37,6 +37,14 @@ def test_rollout_benchmark(tmp_path):
     assert all(v > 0 for v in result["ratios"].values())
 
 
+def test_rollout_benchmark_multi_turn(tmp_path):
+    proc = run_benchmark("rollout.py", "--threads", "1", "--repeats", "1", "--batch", "2", "--new-tokens", "8",
+                         "--turns", "4", "--out", str(tmp_path), timeout=300)
+    result = json.loads((tmp_path / "rollout_dialogue.json").read_text())
+    assert proc.stdout.strip().splitlines()[-1] == "ratios: " + json.dumps(result["ratios"])
+    assert result["ratios"]["tokenppo_dialogue_vs_ceiling"] > 0 and result["config"]["turns"] == 4
+
+
 def test_update_benchmark(tmp_path):
     result = run_script("update.py", tmp_path, "--minibatch", "1", "--epochs", "1")
     assert set(result["ratios"]) == {"tokenppo_vs_ceiling", "tokenppo_vs_sb3ppo"}

@@ -93,7 +93,7 @@ class TextChatEnv(TextChatMixin, TextGenEnv):
     leaves the env as it was. On the last step ``info`` holds ``prompt`` (the first message), ``text`` (the
     conversation after it), ``score`` (``sum_k R_k``), ``kl_ref_logprob_sum`` (over agent tokens),
     ``num_tokens`` (agent tokens), ``num_env_tokens``, ``num_turns``, ``turns`` (agent text, reply and reward
-    of each), ``responder_info``, ``agent_mask`` (per token after the first message), ``finish_reason``,
+    of each), ``responder_info``, ``agent_flags`` (0/1 per token after the first message), ``finish_reason``,
     ``kl_coef``.
 
     ## Arguments

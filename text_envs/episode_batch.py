@@ -448,7 +448,7 @@ class EpisodeBatch:
         """The info dict of a finished episode (plain Python values).
 
         Multi-turn episodes add ``num_turns``, ``turns`` (per answered turn: the agent's text, the reply and
-        its reward), ``num_env_tokens``, ``responder_info`` (the last turn's info) and ``agent_mask`` (0/1 per
+        its reward), ``num_env_tokens``, ``responder_info`` (the last turn's info) and ``agent_flags`` (0/1 per
         token after the prompt); ``num_tokens`` counts the agent's tokens (actions) only, ``text`` is the
         whole conversation after the first message and ``score`` the sum of the turn rewards."""
         state = self.slots[slot]
@@ -465,5 +465,5 @@ class EpisodeBatch:
         if self.dialogue is not None:
             info.update(num_turns=len(state.turns), turns=copy.deepcopy(state.turns),
                         num_env_tokens=len(state.env_positions), responder_info=dict(state.responder_info),
-                        agent_mask=state.agent_flags())
+                        agent_flags=state.agent_flags())
         return info
