@@ -109,3 +109,13 @@ def test_tasks_command(capsys: pytest.CaptureFixture[str]) -> None:
     records = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in records] == [task.name for task in tasks]
     assert all(r["max_new_tokens"] == t.max_new_tokens for r, t in zip(records, tasks))
+
+
+def test_responders_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from text_envs.responders import list_responders
+
+    assert main(["responders", "--json"]) == 0
+    names = [record["name"] for record in json.loads(capsys.readouterr().out)]
+    assert names == [*list_responders(), "textarena:<GameId>"] and "calculator" in names
+    assert main(["responders"]) == 0
+    assert "guess-number" in capsys.readouterr().out

@@ -45,7 +45,8 @@ class TextGenConfig:
     kl_coef: float = field(default=0.05, metadata={
         "help": "KL penalty coefficient beta. 0 loads no reference model at all."})
     kl_penalty: str = field(default="dense", metadata={
-        "help": "'dense': pay beta * log pi_ref(a_t|s_t) every step; 'sparse': pay the sum on the last step."})
+        "help": "'dense': pay beta * log pi_ref(a_t|s_t) every step; 'sparse': pay the sum on the last step; "
+                "'deferred': as sparse, the final info adding each token's log pi_ref (ref_logprobs)."})
     max_new_tokens: int | None = field(default=None, metadata={
         "help": "Token budget of an episode; None uses the task's default."})
     max_prompt_tokens: int | None = field(default=None, metadata={
@@ -241,7 +242,7 @@ def parse_reset_options(options: Mapping[str, Any] | None, allowed: tuple[str, .
 DEFAULT_MAX_TURNS = 4
 DEFAULT_MAX_TURN_TOKENS = 32
 DEFAULT_MAX_EPISODE_TOKENS = 192
-DEFAULT_CHAT_PROMPT_TOKENS = 64
+DEFAULT_CHAT_PROMPT_TOKENS = 256
 
 
 @dataclass
@@ -260,7 +261,8 @@ class TextChatConfig:
     kl_coef: float = field(default=0.05, metadata={
         "help": "KL penalty coefficient beta (on agent tokens only). 0 loads no reference model at all."})
     kl_penalty: str = field(default="dense", metadata={
-        "help": "'dense': pay beta * log pi_ref(a_t|s_t) every agent step; 'sparse': pay the sum on the last step."})
+        "help": "'dense': pay beta * log pi_ref(a_t|s_t) every agent step; 'sparse': pay the sum on the last step; "
+                "'deferred': as sparse, the final info adding each agent token's log pi_ref (ref_logprobs)."})
     max_turns: int = field(default=DEFAULT_MAX_TURNS, metadata={
         "help": "Agent turns per episode: the episode ends once the last one is answered."})
     max_turn_tokens: int = field(default=DEFAULT_MAX_TURN_TOKENS, metadata={
@@ -269,8 +271,8 @@ class TextChatConfig:
         "help": "Budget of agent and responder tokens after the first message (the observation holds "
                 "max_prompt_tokens + max_episode_tokens tokens)."})
     max_prompt_tokens: int | None = field(default=None, metadata={
-        "help": "The first message is truncated from the left to this many tokens (with a warning). None: 64, or "
-                "what the model's context length leaves after max_episode_tokens."})
+        "help": "The first message is truncated from the left to this many tokens (with a warning). None: 256, or "
+                "what the model's context length leaves after max_episode_tokens (64 for the bundled tiny LM)."})
     reference_model: str | PreTrainedModel | None = field(default=None, metadata={
         "help": "Frozen reference LM of the KL penalty (as in TextGen-v0; '<policy>': a LoRA policy's base)."})
     prompt_format: str = field(default="auto", metadata={

@@ -1,4 +1,4 @@
-"""``textgen-rl models``, ``textgen-rl rewards`` and ``textgen-rl tasks``: what is available.
+"""``textgen-rl models``, ``rewards``, ``tasks`` and ``responders``: what is available.
 
 Each prints an aligned plain-text table, or JSON with ``--json``. Nothing is downloaded and no model
 is loaded.
@@ -86,12 +86,23 @@ def run_tasks(args: argparse.Namespace) -> int:
     return _emit(args, records, ("name", "train", "eval", "reward", "max_new_tokens", "description"))
 
 
+def run_responders(args: argparse.Namespace) -> int:
+    """List the registered responders: the multi-turn tasks of ``TextChat-v0`` (``--env TextChat-v0 --task NAME``)."""
+    from text_envs.responders import list_responders
+
+    records = [{"name": name, "description": description} for name, description in list_responders().items()]
+    records.append({"name": "textarena:<GameId>", "description": "any single-player TextArena game that runs offline "
+                                                                 "(pip install 'textgen-rl[games]')"})
+    return _emit(args, records, ("name", "description"))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``models``, ``rewards`` and ``tasks`` subcommands to the ``textgen-rl`` parser."""
+    """Add the ``models``, ``rewards``, ``tasks`` and ``responders`` subcommands to the ``textgen-rl`` parser."""
     commands = (
         ("models", run_models, "list model aliases and whether each loads offline"),
         ("rewards", run_rewards, "list the registered reward models"),
         ("tasks", run_tasks, "list the registered tasks (prompt sets with a reward)"),
+        ("responders", run_responders, "list the multi-turn tasks of TextChat-v0 (the other side of a conversation)"),
     )
     for name, func, help_text in commands:
         parser = subparsers.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")

@@ -94,14 +94,16 @@ class Calculator:
     """
 
     name = "calculator"
-    _TEMPLATES = (
+    _TEMPLATES = (  # one operation (4 of 7) or two
+        ("A box holds {a} apples. How many apples are in {c} boxes?", "{a}*{c}"),
+        ("{a} birds sit in a tree and {b} more arrive. How many birds are in the tree?", "{a}+{b}"),
+        ("A book has {a} pages and Tom has read {b} of them. How many pages are left?", "{a}-{b}"),
+        ("{a} sweets are shared equally by {c} children. How many whole sweets does each child get?", "{a}//{c}"),
         ("A crate holds {a} boxes of {b} apples. How many apples are in {c} crates?", "{a}*{b}*{c}"),
         ("A train has {a} cars with {b} seats each; {c} seats are empty. How many people are seated?",
          "{a}*{b}-{c}"),
         ("Ann has {a} coins and gets {b} more every day for {c} days. How many coins does she have?",
          "{a}+{b}*{c}"),
-        ("{a} pencils are shared equally by {b} pupils, the rest go back in the box. How many does each get, "
-         "plus the {c} each already had?", "{a}//{b}+{c}"),
     )
 
     def __init__(self) -> None:
