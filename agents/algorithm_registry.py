@@ -21,6 +21,8 @@ class AlgoSpec:
     maskable: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)  # CLI hyper-parameters (tuned for the tiny LM)
     entropy_for_kl: bool = False  # stock SB3 algorithms approximate the agent's KL half with ent_coef
+    #: env arguments this algorithm runs best with, unless the caller sets them (see :func:`make_algorithm`)
+    env_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 def _token_ppo() -> type["BaseAlgorithm"]:
@@ -54,8 +56,10 @@ def _agents(name: str) -> Callable[[], type["BaseAlgorithm"]]:
 ALGORITHMS: dict[str, AlgoSpec] = {
     spec.name: spec
     for spec in (
+        # deferred KL: the dense mode's per-token rewards (rebuilt by the buffer) at the sparse mode's cost
         AlgoSpec("token-ppo", "TokenPPO: sequence-level PPO, exact KL objective", _token_ppo,
-                 defaults={"learning_rate": 1e-4, "n_steps": 64, "batch_size": 16, "n_epochs": 4}),
+                 defaults={"learning_rate": 1e-4, "n_steps": 64, "batch_size": 16, "n_epochs": 4},
+                 env_defaults={"kl_penalty": "deferred"}),
         AlgoSpec("ppo", "stable-baselines3 PPO with TransformerPolicy", _sb3("PPO"), entropy_for_kl=True,
                  defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 256, "n_epochs": 4, "gamma": 1.0}),
         AlgoSpec("a2c", "stable-baselines3 A2C with TransformerPolicy", _sb3("A2C"), entropy_for_kl=True,
@@ -125,7 +129,10 @@ def make_algorithm(name: str, env_kwargs: dict[str, Any], num_envs: int, model: 
     """Build algorithm ``name`` with a TransformerPolicy over ``model`` on a fresh TextGen vector env.
 
     :param name: a key of :data:`ALGORITHMS`.
-    :param env_kwargs: arguments of ``gym.make_vec("TextGen-v0", ...)``.
+    :param env_kwargs: arguments of ``gym.make_vec("TextGen-v0", ...)``; the algorithm's
+        :attr:`AlgoSpec.env_defaults` fill the ones it leaves out (token-ppo: ``kl_penalty="deferred"``; the
+        stock SB3 algorithms and the critic-free ones keep the env's defaults, ``"dense"``: MaskablePPO's action
+        masks need the stepped reference).
     :param num_envs: parallel episodes.
     :param model: the policy's model (alias, path or hub id).
     :param seed: random seed.
@@ -150,6 +157,7 @@ def make_algorithm(name: str, env_kwargs: dict[str, Any], num_envs: int, model: 
     kwargs = {**spec.defaults, **default_hyperparameters(name, model, settings is not None), **(overrides or {})}
     if learning_rate is not None:
         kwargs["learning_rate"] = learning_rate
+    env_kwargs = {**spec.env_defaults, **env_kwargs}
     if settings is not None and env_kwargs.get("kl_coef", 0.05) > 0:
         env_kwargs = {**env_kwargs, "reference_model": SHARED_REFERENCE}
     if spec.entropy_for_kl:

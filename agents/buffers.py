@@ -5,6 +5,11 @@ Multi-turn episodes (``TextChat-v0``) are kept whole too: the responder's tokens
 between the actions, and :meth:`SequenceRolloutBuffer.collate` lays each dialogue out as ONE sequence with the
 column of every action (:attr:`SequenceBatch.action_positions`): the update evaluates the whole dialogue in one
 teacher-forced forward and gathers the agent tokens, so every loss, GAE included, runs over agent tokens only.
+
+**Deferred KL.** An env created with ``kl_penalty="deferred"`` pays the whole reference term
+``kl_coef * sum_t log pi_ref(a_t|s_t)`` on the last token (as ``"sparse"`` does) and puts the per-token
+``log pi_ref`` in the final info (``ref_logprobs``); the buffer moves the term back onto each token
+(:func:`redistribute_deferred_kl`), so its per-token rewards, hence GAE's advantages, are the dense mode's.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 import torch
 
 from agents.rl_math import gae, masked_whiten
+from text_envs.errors import ConfigError
 
 
 @dataclass
@@ -28,7 +34,8 @@ class Episode:
     actions: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)  # log pi_old(a_t|s_t) of the sampling policy
     values: list[float] = field(default_factory=list)  # V_old(s_t)
-    rewards: list[float] = field(default_factory=list)  # env rewards r_t
+    #: env rewards r_t (a deferred KL reference term moved back onto its tokens: :func:`redistribute_deferred_kl`)
+    rewards: list[float] = field(default_factory=list)
     kl_coefs: list[float] = field(default_factory=list)  # the env's kl_coef when a_t was taken
     info: dict[str, Any] = field(default_factory=dict)  # final info (score, text, kl_ref_logprob_sum...)
     #: tokens the env appended (a responder's reply), as (number of actions before them, tokens)
@@ -60,6 +67,26 @@ class Episode:
     def kl(self) -> float:
         """Sampled ``sum_t log pi_old(a_t|s_t) - log pi_ref(a_t|s_t)`` (k1 estimate of the sequence KL)."""
         return float(np.sum(self.logprobs)) - float(self.info.get("kl_ref_logprob_sum", np.nan))
+
+
+def redistribute_deferred_kl(rewards: list[float], kl_coefs: list[float], ref_logprobs: list[float],
+                             paid_coef: float) -> list[float]:
+    """An episode's per-token rewards with the env's deferred KL reference term moved back onto each token.
+
+    The env paid ``paid_coef * sum_t ref_logprobs[t]`` on the last token (``kl_penalty="deferred"``, paid like
+    ``"sparse"``); this returns ``r_t + kl_coefs[t] * ref_logprobs[t]`` with that payment taken off the last
+    token: what the dense mode pays, token by token (``kl_coefs[t]``: the coefficient when ``a_t`` was taken).
+    Every list has one entry per action: ``(T,), (T,), (T,) -> (T,)``.
+
+    :raises ConfigError: if the lengths differ (the buffer did not see every step of the env that paid them).
+    """
+    if not len(rewards) == len(kl_coefs) == len(ref_logprobs) or not rewards:
+        raise ConfigError(f"a deferred KL term needs one reference log-probability per action: got "
+                          f"{len(ref_logprobs)} for an episode of {len(rewards)} actions ({len(kl_coefs)} "
+                          "coefficients); the buffer must record every step of the env that paid the rewards")
+    moved = [reward + coef * logprob for reward, coef, logprob in zip(rewards, kl_coefs, ref_logprobs)]
+    moved[-1] -= paid_coef * float(sum(ref_logprobs))
+    return moved
 
 
 class SequenceBatch(NamedTuple):
@@ -146,6 +173,10 @@ class SequenceRolloutBuffer:
             episode.kl_coefs.append(float(kl_coef))
             if dones[slot]:
                 episode.info = {k: v for k, v in infos[slot].items() if k != "terminal_observation"}
+                if "ref_logprobs" in episode.info:  # kl_penalty="deferred": per-token rewards as the dense mode's
+                    episode.rewards = redistribute_deferred_kl(episode.rewards, episode.kl_coefs,
+                                                               list(episode.info["ref_logprobs"]),
+                                                               float(episode.info["kl_coef"]))
                 self._finish(episode)
                 finished.append(episode)
                 self.running[slot] = None

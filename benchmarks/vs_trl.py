@@ -7,13 +7,16 @@ generated tokens, KL coefficient, epochs and threads.
 * GRPO / RLOO (``agents.GRPO`` / ``agents.RLOO``) vs TRL ``GRPOTrainer`` / ``RLOOTrainer`` (latest TRL),
   groups of ``--group-size`` completions per prompt, one optimisation pass per batch (``num_iterations=1``).
 
-KL penalty of our env (``--ppo-kl-penalty``, ``--critic-free-kl-penalty``): TokenPPO keeps the default
-``dense`` per-token penalty (its GAE advantages, like TRL PPO's per-token KL rewards, see the penalty at each
-token); GRPO/RLOO use ``sparse``: they only use each sequence's *return*, which is the same sum either way, so
-the objective is identical, and the env then computes ``sum_t log pi_ref`` with one batched teacher-forced
-reference forward per finished batch, as TRL's GRPO/RLOO compute reference log-probs once after generation.
-``ppo_sparse`` (in the default ``--algos``) is an extra line: TokenPPO with ``kl_penalty="sparse"``,
-compared with the same TRL PPO run (key ``tokenppo_sparse_vs_trl_ppo``, no target).
+KL penalty of our env (``--ppo-kl-penalty``, ``--critic-free-kl-penalty``): TokenPPO uses ``deferred`` (what
+``make_algorithm("token-ppo")`` uses): the env computes every token's ``log pi_ref`` with one batched
+teacher-forced reference forward per finished batch, and the rollout buffer puts each token's KL term back on
+that token, so its GAE advantages are exactly the dense mode's (and, like TRL PPO's per-token KL rewards, see
+the penalty at each token), as TRL's PPO computes the reference log-probs once after generation. GRPO/RLOO
+use ``sparse``: they only use each sequence's *return*, which is the same sum either way, so the objective is
+identical. Extra lines (in the default ``--algos``), compared with the same TRL PPO run, no target:
+``ppo_dense`` (TokenPPO with ``kl_penalty="dense"``: the reference stepped with its KV cache every token, the
+previous default; key ``tokenppo_dense_vs_trl_ppo``) and ``ppo_sparse`` (``kl_penalty="sparse"``: the whole
+KL term credited to the last token, which changes PPO's credit assignment; key ``tokenppo_sparse_vs_trl_ppo``).
 
 Each side runs in its own subprocess (TRL with the interpreter of its own virtual environment, see
 ``benchmarks/README.md``): one untimed warm-up run of one update, then ``--repeats`` timed runs of
@@ -26,12 +29,14 @@ Each side runs in its own subprocess (TRL with the interpreter of its own virtua
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -42,15 +47,20 @@ DEFAULT_TRL_PYTHON = "/tmp/trl-ppo-venv/bin/python"
 DEFAULT_TRL_LATEST_PYTHON = "/tmp/trl-latest-venv/bin/python"
 PAIRS = {"ppo": ("TokenPPO", "TRL PPOTrainer"), "grpo": ("agents.GRPO", "TRL GRPOTrainer"),
          "rloo": ("agents.RLOO", "TRL RLOOTrainer"),
+         "ppo_dense": ("TokenPPO, kl_penalty=dense", "TRL PPOTrainer"),
          "ppo_sparse": ("TokenPPO, kl_penalty=sparse", "TRL PPOTrainer")}
 RATIO_KEYS = {"ppo": "tokenppo_vs_trl_ppo", "grpo": "grpo_vs_trl_grpo", "rloo": "rloo_vs_trl_rloo",
-              "ppo_sparse": "tokenppo_sparse_vs_trl_ppo"}
+              "ppo_dense": "tokenppo_dense_vs_trl_ppo", "ppo_sparse": "tokenppo_sparse_vs_trl_ppo"}
 #: our algorithm (child) and TRL trainer behind each ``--algos`` entry
-CHILD = {"ppo": "ppo", "grpo": "grpo", "rloo": "rloo", "ppo_sparse": "ppo"}
-TRL_OF = {"ppo": "ppo", "grpo": "grpo", "rloo": "rloo", "ppo_sparse": "ppo"}
+CHILD = {"ppo": "ppo", "grpo": "grpo", "rloo": "rloo", "ppo_dense": "ppo", "ppo_sparse": "ppo"}
+TRL_OF = {"ppo": "ppo", "grpo": "grpo", "rloo": "rloo", "ppo_dense": "ppo", "ppo_sparse": "ppo"}
+#: the env's kl_penalty of the extra TokenPPO lines (``ppo`` itself runs with ``--ppo-kl-penalty``)
+FIXED_PENALTY = {"ppo_dense": "dense", "ppo_sparse": "sparse"}
+PENALTIES = ("dense", "sparse", "deferred")
+DEFAULT_ALGOS = "ppo,ppo_dense,ppo_sparse,grpo,rloo"
 
 
-def our_side(args) -> dict:
+def our_side(args: argparse.Namespace) -> dict[str, Any]:
     """Child process: our algorithm, timed like the TRL runner."""
     common.pin_threads(args.threads)
     import warnings
@@ -62,7 +72,7 @@ def our_side(args) -> dict:
     if args.child != "ppo" and not hasattr(agents, "GRPO" if args.child == "grpo" else "RLOO"):
         return {"side": "ours", "algo": args.child, "missing": True}
 
-    def build():
+    def build() -> Any:
         env = make_text_vec_env(args.batch, env_kwargs={
             "model": args.model, "task": common.bench_task(args.new_tokens), "reward_model": common.vowel_reward,
             "kl_coef": args.kl_coef, "kl_penalty": args.kl_penalty, "max_new_tokens": args.new_tokens})
@@ -88,7 +98,8 @@ def our_side(args) -> dict:
             "cpu_tokens_per_s": cpu_rates, "peak_rss_bytes": common.peak_rss_bytes()}
 
 
-def run_child(command: list[str], label: str) -> dict | None:
+def run_child(command: list[str], label: str) -> dict[str, Any] | None:
+    """Run one side in a subprocess; its ``RESULT {json}`` line, or None (reported on stderr) if it failed."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(HERE.parent))
@@ -101,7 +112,8 @@ def run_child(command: list[str], label: str) -> dict | None:
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the comparison (or, with the hidden ``--child``, one side of it); returns the written payload."""
     p = common.parser(__doc__.splitlines()[0], batch=16, new_tokens=32, repeats=3)
     p.add_argument("--updates", type=int, default=4, help="rollout+update iterations per timed run (default 4)")
     p.add_argument("--epochs", type=int, default=4, help="PPO epochs (both sides; default 4)")
@@ -109,15 +121,16 @@ def main(argv: list[str] | None = None) -> dict:
                    help="passes per batch for GRPO/RLOO (TRL num_iterations; default 1)")
     p.add_argument("--group-size", type=int, default=4, help="GRPO/RLOO completions per prompt (default 4)")
     p.add_argument("--kl-coef", type=float, default=0.05)
-    p.add_argument("--ppo-kl-penalty", choices=("dense", "sparse"), default="dense",
-                   help="our env's kl_penalty for TokenPPO (default dense, per token, like TRL PPO)")
-    p.add_argument("--critic-free-kl-penalty", choices=("dense", "sparse"), default="sparse",
+    p.add_argument("--ppo-kl-penalty", choices=PENALTIES, default="deferred",
+                   help="our env's kl_penalty for TokenPPO (default deferred: one batched reference forward per "
+                        "finished batch, the KL term put back on each token, like TRL PPO's per-token KL)")
+    p.add_argument("--critic-free-kl-penalty", choices=PENALTIES, default="sparse",
                    help="our env's kl_penalty for GRPO/RLOO (default sparse: same sequence return, one batched "
                         "reference forward per finished batch, like TRL)")
-    p.add_argument("--algos", default="ppo,ppo_sparse,grpo,rloo",
-                   help="comma-separated subset of ppo,ppo_sparse,grpo,rloo (ppo_sparse: TokenPPO with "
-                        "kl_penalty=sparse, an extra line compared with the same TRL PPO run)")
-    p.add_argument("--kl-penalty", choices=("dense", "sparse"), default="dense", help=argparse_hidden())
+    p.add_argument("--algos", default=DEFAULT_ALGOS,
+                   help=f"comma-separated subset of {DEFAULT_ALGOS} (ppo_dense / ppo_sparse: TokenPPO with "
+                        "kl_penalty=dense / sparse, extra lines compared with the same TRL PPO run)")
+    p.add_argument("--kl-penalty", choices=PENALTIES, default="deferred", help=argparse_hidden())
     p.add_argument("--trl-python", default=DEFAULT_TRL_PYTHON, help="python of the venv with trl==1.12.0 (PPO)")
     p.add_argument("--trl-latest-python", default=DEFAULT_TRL_LATEST_PYTHON,
                    help="python of the venv with the latest trl (GRPO, RLOO); defaults to --trl-python's if missing")
@@ -141,8 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     for algo in algos:
         ours_label, trl_label = PAIRS[algo]
         child = CHILD[algo]
-        penalty = args.critic_free_kl_penalty if child != "ppo" else (
-            "sparse" if algo == "ppo_sparse" else args.ppo_kl_penalty)
+        penalty = args.critic_free_kl_penalty if child != "ppo" else FIXED_PENALTY.get(algo, args.ppo_kl_penalty)
         ours = run_child([sys.executable, str(HERE / "vs_trl.py"), "--child", child, *shared,
                           "--epochs", str(args.epochs), "--critic-free-epochs", str(args.critic_free_epochs),
                           "--group-size", str(args.group_size), "--kl-penalty", penalty], ours_label)
@@ -210,15 +222,14 @@ def main(argv: list[str] | None = None) -> dict:
                           "model": common.describe_model(model_path)},
                "environment": common.environment(args.threads), "results": summary, "notes": notes,
                "targets": {"tokenppo_vs_trl_ppo": 3.0, "grpo_vs_trl_grpo": 1.5, "rloo_vs_trl_rloo": 1.5},
-               "extra_keys_without_target": ["tokenppo_sparse_vs_trl_ppo"],
+               "extra_keys_without_target": ["tokenppo_dense_vs_trl_ppo", "tokenppo_sparse_vs_trl_ppo"],
                "ratios_cpu_time": cpu_ratios, "ratios": ratios}
     common.write_result("vs_trl", args.out, payload)
     return payload
 
 
 def argparse_hidden() -> str:
-    import argparse
-
+    """The help text that hides an internal option."""
     return argparse.SUPPRESS
 
 

@@ -152,13 +152,15 @@ def test_kl_coef_zero_loads_no_reference(tiny_gpt2_dir):
 
 def test_sparse_and_dense_pay_the_same_total(tiny_gpt2_dir):
     totals = {}
-    for penalty in ("dense", "sparse"):
+    for penalty in ("dense", "sparse", "deferred"):
         env = make_env(tiny_gpt2_dir, kl_coef=0.3, kl_penalty=penalty)
         env.reset(seed=0, options={"prompt": "A quiet morning"})
         rewards, info = run_episode(env, [11, 12, 13, 14, 15, 16])
         totals[penalty] = (sum(rewards), rewards, info)
     assert totals["dense"][0] == pytest.approx(totals["sparse"][0], abs=1e-6)
     assert all(r == 0.0 for r in totals["sparse"][1][:-1])
+    assert totals["deferred"][1] == totals["sparse"][1]  # deferred pays exactly what sparse pays
+    assert len(totals["deferred"][2]["ref_logprobs"]) == totals["deferred"][2]["num_tokens"]
     dense_kl = sum(totals["dense"][1]) - totals["dense"][2]["score"]
     assert dense_kl == pytest.approx(0.3 * totals["dense"][2]["kl_ref_logprob_sum"], abs=1e-6)
 
@@ -202,7 +204,7 @@ def sequence_logprob(model, prompt_ids, tokens):
         [float(logp[len(prompt_ids) - 1 + t, tok]) for t, tok in enumerate(tokens)]
 
 
-@pytest.mark.parametrize("kl_penalty", ["dense", "sparse"])
+@pytest.mark.parametrize("kl_penalty", ["dense", "sparse", "deferred"])
 def test_kl_regularised_objective_is_exact_by_enumeration(micro_models, kl_penalty):
     beta = 0.7
     policy = GPT2LMHeadModel.from_pretrained(micro_models["policy"]).eval()
@@ -227,6 +229,9 @@ def test_kl_regularised_objective_is_exact_by_enumeration(micro_models, kl_penal
         env.reset(options={"prompt": prompt})
         rewards, info = run_episode(env, seq)
         assert len(rewards) == len(seq)
+        if kl_penalty == "deferred":  # each token's reference term, exact
+            _, ref_per_token = sequence_logprob(reference, prompt_ids, seq)
+            assert info["ref_logprobs"] == pytest.approx(ref_per_token, abs=1e-5)
         via_env += prob * (sum(rewards) - beta * sum(per_token))
     assert total_prob == pytest.approx(1.0, abs=1e-9)
     assert via_env == pytest.approx(direct, abs=1e-5)

@@ -61,6 +61,20 @@ def test_per_token_reward_adds_the_agent_kl_half():
     assert mask.tolist() == [[1.0, 1.0]]
 
 
+def test_buffer_moves_a_deferred_kl_term_back_onto_its_tokens():
+    buffer = SequenceRolloutBuffer(num_envs=1, pad_id=0, device=torch.device("cpu"))
+    obs = {"input_ids": np.array([[0, 5]]), "attention_mask": np.array([[0, 1]])}
+    # kl_penalty="deferred": the env paid 0.1 * (-1 - 3) + score 2 on the last token, and reports each token's term
+    info = {"score": 2.0, "kl_coef": 0.1, "ref_logprobs": [-1.0, -3.0], "kl_ref_logprob_sum": -4.0}
+    for step, (reward, done) in enumerate(((0.0, False), (2.0 - 0.4, True))):
+        buffer.add(obs, np.array([7 + step]), np.array([-0.5]), np.array([0.0]), np.array([reward]),
+                   np.array([done]), [info if done else {}], kl_coef=0.1)
+    (episode,) = buffer.episodes
+    assert episode.rewards == pytest.approx([-0.1, 2.0 - 0.3])  # the dense mode's: 0.1 * log pi_ref per token
+    rewards, _ = buffer.total_rewards()
+    assert rewards[0].tolist() == pytest.approx([-0.1 + 0.05, 2.0 - 0.3 + 0.05])
+
+
 def test_adaptive_kl_controller_updates_the_env(micro_dir):
     env = micro_env(micro_dir, kl_coef=0.2)
     model = TokenPPO(TransformerPolicy, env, policy_kwargs={"model": str(micro_dir)}, n_steps=6, kl_target=1e-4,

@@ -126,10 +126,11 @@ def test_render_ansi_for_every_sub_env(tiny_gpt2_dir):
     assert [text.startswith(p) for text, p in zip(vector.render(), ["Alpha", "Beta"])] == [True, True]
 
 
-def test_sparse_penalty_uses_one_reference_forward_at_the_end(tiny_gpt2_dir):
+@pytest.mark.parametrize("penalty", ["sparse", "deferred"])
+def test_sparse_penalty_uses_one_reference_forward_at_the_end(tiny_gpt2_dir, penalty):
     kwargs = {"model": str(tiny_gpt2_dir), "max_new_tokens": 5, "kl_coef": 0.3}
     dense = gym.make_vec("TextGen-v0", num_envs=3, **kwargs)
-    sparse = gym.make_vec("TextGen-v0", num_envs=3, kl_penalty="sparse", **kwargs)
+    sparse = gym.make_vec("TextGen-v0", num_envs=3, kl_penalty=penalty, **kwargs)
     assert sparse.batch.stepper is None and sparse.batch.reference is not None
     calls = []
     original = sparse.batch.reference.forward
@@ -153,6 +154,13 @@ def test_sparse_penalty_uses_one_reference_forward_at_the_end(tiny_gpt2_dir):
     assert totals_sparse == pytest.approx(totals_dense, abs=1e-4)
     assert info_sparse["final_info"]["kl_ref_logprob_sum"] == pytest.approx(
         info_dense["final_info"]["kl_ref_logprob_sum"], abs=1e-4)
+    if penalty == "deferred":  # each sub-env's per-token terms, from the same single forward
+        per_token = info_sparse["final_info"]["ref_logprobs"]
+        assert [len(row) for row in per_token] == [5, 5, 5]
+        assert [sum(row) for row in per_token] == pytest.approx(
+            info_sparse["final_info"]["kl_ref_logprob_sum"].tolist(), abs=1e-9)
+    else:
+        assert "ref_logprobs" not in info_sparse["final_info"]
 
 
 def test_async_vector_env_of_single_envs_works(tiny_gpt2_dir):

@@ -68,6 +68,7 @@ class TextChatEnv(TextChatMixin, TextGenEnv):
 
         dense  (default): r_t = beta * log pi_ref(a_t | s_t)  +  [t ends turn k] * R_k
         sparse:           r_t = [t ends turn k] * R_k  +  [t == T] * beta * sum_t' log pi_ref(a_t' | s_t')
+        deferred:         as sparse; the final info adds ref_logprobs = [log pi_ref(a_t | s_t) for agent t]
 
     over agent tokens only (the responder's tokens are context, never steps). With the agent's own
     ``-beta * log pi(a_t|s_t)`` this is ``E[sum_k R_k] - beta * KL(pi || pi_ref)`` over the agent's tokens,

@@ -127,6 +127,7 @@ class TextGenEnv(TextGenBase, gym.Env[dict, np.int64]):
 
         dense  (default): r_t = beta * log pi_ref(a_t | s_t)  +  [t == T] * R(x)
         sparse:           r_t = [t == T] * (R(x) + beta * sum_t' log pi_ref(a_t' | s_t'))
+        deferred:         as sparse; the final info adds ref_logprobs = [log pi_ref(a_t | s_t) for t]
 
     The agent adds its own half, ``-beta * log pi(a_t | s_t)`` (TokenPPO does so exactly; stock
     SB3 algorithms approximate it with ``ent_coef``). Then
@@ -137,7 +138,10 @@ class TextGenEnv(TextGenBase, gym.Env[dict, np.int64]):
     and action (the env stays an MDP). ``kl_coef = 0`` loads no reference model. In the dense
     mode the reference is stepped token by token with its KV cache; in the sparse mode it runs
     once, teacher-forced and batched, over the sequences that finished on a step (half the
-    forwards of a rollout; NLPO-style action masks need the dense mode).
+    forwards of a rollout; NLPO-style action masks need the dense mode). The deferred mode pays
+    what the sparse mode pays and reports each token's term from the same forward, so a learner
+    can move it back onto its token (``agents.buffers.SequenceRolloutBuffer`` does: TokenPPO's
+    GAE then sees the dense mode's per-token rewards).
 
     ## Starting State
 

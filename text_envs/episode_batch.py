@@ -1,9 +1,10 @@
 """The batched episode logic shared by :class:`~text_envs.env.TextGenEnv` and its vector env.
 
 :class:`EpisodeBatch` runs ``B`` text-generation episodes side by side: it encodes prompts,
-builds the left-padded observations, validates actions, pays the per-token reference term of the
-KL penalty (one batched, KV-cached reference forward per step) and scores every sequence that
-finished on a step with one batched reward-model call. The single env is ``B = 1``; the vector
+builds the left-padded observations, validates actions, pays the reference term of the KL penalty
+(``dense``: one batched, KV-cached reference forward per step; ``sparse`` / ``deferred``: one batched
+teacher-forced reference forward over the sequences that finished on a step) and scores every sequence
+that finished on a step with one batched reward-model call. The single env is ``B = 1``; the vector
 env is ``B = num_envs``. Keeping one implementation guarantees both pay identical rewards.
 
 **Transactional.** :meth:`EpisodeBatch.step` and :meth:`EpisodeBatch.start` first validate their
@@ -27,12 +28,20 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from text_envs.dialogue import Dialogue
 from text_envs.errors import ConfigError, EpisodeFinishedError, InvalidPromptError, RewardModelError, TextEnvsError
-from text_envs.lm_stepper import BatchedLMStepper, continuation_logprob_sums
+from text_envs.lm_stepper import BatchedLMStepper, continuation_logprobs
 from text_envs.responders.base import Turn
 from text_envs.rewards import RewardModel, validate_scores
 from text_envs.validation import MAX_KL_COEF, check_prompt, check_real, token_ids
 
-KL_PENALTIES = ("dense", "sparse")
+#: How the env pays the reference half of the KL penalty (see :class:`EpisodeBatch`'s ``kl_penalty``).
+KL_PENALTIES = ("dense", "sparse", "deferred")
+#: The modes that run one teacher-forced reference forward per finished batch instead of stepping the reference.
+TEACHER_FORCED_PENALTIES = ("sparse", "deferred")
+
+
+def agent_token_values(values: list[float], flags: list[int]) -> list[float]:
+    """The entries of ``values`` (one per token after the prompt) at agent tokens (``flags`` 1): ``(n,) -> (k,)``."""
+    return [value for value, flag in zip(values, flags) if flag]
 
 
 class PromptTruncatedWarning(UserWarning):
@@ -127,8 +136,11 @@ class EpisodeBatch:
     :param reference: frozen reference LM for the KL term, or None (``kl_coef`` must then stay 0).
     :param kl_coef: coefficient of the KL penalty.
     :param kl_penalty: ``"dense"`` (pay ``kl_coef * log pi_ref(a_t|s_t)`` every step, stepping the reference
-        with its KV cache) or ``"sparse"`` (pay the sum at the end, computed by one batched teacher-forced
-        reference forward over the sequences that finished on a step: half the forwards of the rollout).
+        with its KV cache), ``"sparse"`` (pay the sum at the end, computed by one batched teacher-forced
+        reference forward over the sequences that finished on a step: half the forwards of the rollout) or
+        ``"deferred"`` (paid exactly like ``"sparse"``, and the final info also carries ``ref_logprobs``, the
+        per-agent-token ``log pi_ref(a_t|s_t)`` of that same forward, so that a learner can move the term back
+        onto each token: dense credit assignment at the sparse mode's cost).
     :param max_new_tokens: token budget of an episode.
     :param max_prompt_tokens: prompts are left-truncated to this many tokens.
     :param eos_token_ids: token ids that end an episode.
@@ -326,12 +338,12 @@ class EpisodeBatch:
         info dict of an episode that ended on this step (else None).
 
         Everything that can fail runs before the first mutation: actions are validated, the episodes ending on
-        this step are scored (and, in the sparse mode, their reference sums computed) from their prospective
-        tokens, the responders answer the turns ending on this step (on copies), and ``restart(finished)`` runs
-        (autoreset: it prepares the next episodes of the slots that finish, with :meth:`prepare`; the caller
-        starts them after this call). If the reward model or a responder raises or returns a bad result, a
-        :class:`~text_envs.errors.RewardModelError` or :class:`~text_envs.errors.ResponderError` naming it is
-        raised and nothing has changed.
+        this step are scored (and, in the sparse and deferred modes, their reference log-probabilities computed)
+        from their prospective tokens, the responders answer the turns ending on this step (on copies), and
+        ``restart(finished)`` runs (autoreset: it prepares the next episodes of the slots that finish, with
+        :meth:`prepare`; the caller starts them after this call). If the reward model or a responder raises or
+        returns a bad result, a :class:`~text_envs.errors.RewardModelError` or
+        :class:`~text_envs.errors.ResponderError` naming it is raised and nothing has changed.
         """
         self._check_reference()
         actions = self._validate(actions)
@@ -350,12 +362,10 @@ class EpisodeBatch:
         finished = np.flatnonzero(done).tolist()
         completions = {slot: self.slots[slot].generated + [int(actions[slot])] for slot in finished}
         ref_sums = {slot: self.slots[slot].ref_logprob_sum + float(ref_logp[slot]) for slot in finished}
-        if finished and self.kl_penalty == "sparse" and self.reference is not None:
-            weights = None if self.dialogue is None else [self.slots[s].agent_flags() + [1] for s in finished]
-            sums = continuation_logprob_sums(self.reference, [self.slots[s].prompt_ids for s in finished],
-                                             [completions[s] for s in finished], self.pad_id, self.reference_context,
-                                             weights)
-            ref_sums = dict(zip(finished, sums))
+        per_token: dict[int, list[float]] = {}  # teacher-forced modes: log pi_ref of each agent token
+        if finished and self.kl_penalty in TEACHER_FORCED_PENALTIES and self.reference is not None:
+            per_token = self._reference_logprobs(finished, completions)
+            ref_sums = {slot: float(sum(values)) for slot, values in per_token.items()}
         if self.dialogue is None:
             scores = self._score(finished, completions) if finished else np.zeros(0)
         else:
@@ -375,12 +385,14 @@ class EpisodeBatch:
         for slot, score in zip(finished, scores):
             state = self.slots[slot]
             state.ref_logprob_sum = ref_sums[slot]
-            if self.kl_penalty == "sparse":
+            if self.kl_penalty in TEACHER_FORCED_PENALTIES:
                 rewards[slot] = self.kl_coef * state.ref_logprob_sum + (rewards[slot] if self.dialogue else 0.0)
             if self.dialogue is None:
                 rewards[slot] += score
             state.finished = True
             infos[slot] = self.final_info(slot, float(score), pending[slot].finish_reason if pending else None)
+            if self.kl_penalty == "deferred" and slot in per_token:
+                infos[slot]["ref_logprobs"] = per_token[slot]
         if self.stepper is not None and not done.all():
             chunks = [[] if done[slot] else [int(actions[slot])] + (pending[slot].chunk if slot in pending else [])
                       for slot in range(self.batch_size)]
@@ -390,6 +402,17 @@ class EpisodeBatch:
                 logits = self.stepper.step(torch.as_tensor(actions), torch.as_tensor(~done)).logits
             self.ref_logprobs = torch.log_softmax(logits, -1)
         return rewards, done, infos
+
+    def _reference_logprobs(self, slots: list[int], completions: dict[int, list[int]]) -> dict[int, list[float]]:
+        """``log pi_ref(a_t|s_t)`` of every agent token of the episodes ending in ``slots`` (their prospective
+        ``completions``: the tokens after the prompt, this step's action included), from ONE teacher-forced
+        reference forward; a multi-turn episode's responder tokens are context only. Nothing is mutated."""
+        values = continuation_logprobs(self.reference, [self.slots[s].prompt_ids for s in slots],
+                                       [completions[s] for s in slots], self.pad_id, self.reference_context)
+        if self.dialogue is None:
+            return dict(zip(slots, values))
+        return {slot: agent_token_values(row, self.slots[slot].agent_flags() + [1])
+                for slot, row in zip(slots, values)}
 
     def _answer_turns(self, actions: np.ndarray) -> dict[int, PendingTurn]:
         """Multi-turn: the responder's answer to every agent turn that ends with ``actions`` (no mutation)."""
@@ -450,7 +473,8 @@ class EpisodeBatch:
         Multi-turn episodes add ``num_turns``, ``turns`` (per answered turn: the agent's text, the reply and
         its reward), ``num_env_tokens``, ``responder_info`` (the last turn's info) and ``agent_flags`` (0/1 per
         token after the prompt); ``num_tokens`` counts the agent's tokens (actions) only, ``text`` is the
-        whole conversation after the first message and ``score`` the sum of the turn rewards."""
+        whole conversation after the first message and ``score`` the sum of the turn rewards. With
+        ``kl_penalty="deferred"`` :meth:`step` adds ``ref_logprobs`` (one float per agent token)."""
         state = self.slots[slot]
         last = state.generated[-1]
         info = {

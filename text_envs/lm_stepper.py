@@ -244,29 +244,50 @@ class BatchedLMStepper:
 
 
 @torch.no_grad()
+def continuation_logprobs(model: PreTrainedModel, prefixes: Sequence[Sequence[int]],
+                          continuations: Sequence[Sequence[int]], pad_id: int,
+                          context: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> list[list[float]]:
+    """``[log p(c_t | prefix, c_<t) for t]`` of each non-empty continuation, in ONE left-padded forward.
+
+    Each prefix must be non-empty (the first continuation token needs a position that predicts it). With left
+    padding every continuation ends at the last column, so the logits of the last ``max_len + 1`` positions
+    cover all of them (``logits_to_keep``); the log-probabilities are float32 values (returned as Python
+    floats), the same precision as the KV-cached :class:`BatchedLMStepper`'s.
+    """
+    if len(prefixes) != len(continuations) or not continuations or not all(len(c) for c in continuations):
+        raise ValueError(f"continuation_logprobs needs one non-empty continuation per prefix, got "
+                         f"{len(prefixes)} prefixes and {[len(c) for c in continuations]} continuation lengths")
+    device = next(model.parameters()).device
+    ids, mask = left_pad([list(p) + list(c) for p, c in zip(prefixes, continuations)], pad_id, device)  # (B, L)
+    width = max(len(c) for c in continuations)
+    with context():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                       logits_to_keep=width + 1, use_cache=False).logits[:, :-1].float()  # (B, width, V)
+    targets = ids[:, -width:, None]  # (B, width, 1): column j of `logits` predicts column L - width + j
+    chosen = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, -1)  # (B, width) log-softmax
+    rows = chosen.tolist()
+    return [row[width - len(continuation):] for row, continuation in zip(rows, continuations)]
+
+
+def masked_sums(values: Sequence[Sequence[float]], mask: Sequence[Sequence[int]] | None = None) -> list[float]:
+    """``sum_t v_t`` over the entries of each row whose mask is non-zero (``mask`` default: all), in float64,
+    left to right."""
+    if mask is None:
+        return [float(sum(row)) for row in values]
+    if len(mask) != len(values) or any(len(m) != len(v) for v, m in zip(values, mask)):
+        raise ValueError(f"masked_sums needs one mask entry per value, got rows of {[len(v) for v in values]} "
+                         f"values and {[len(m) for m in mask]} mask entries")
+    return [float(sum(v for v, keep in zip(row, row_mask) if keep)) for row, row_mask in zip(values, mask)]
+
+
 def continuation_logprob_sums(model: PreTrainedModel, prefixes: Sequence[Sequence[int]],
                               continuations: Sequence[Sequence[int]], pad_id: int,
                               context: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
                               weights: Sequence[Sequence[int]] | None = None) -> list[float]:
-    """``sum_t w_t log p(c_t | prefix, c_<t)`` of each non-empty continuation, in ONE left-padded forward.
+    """``sum_t w_t log p(c_t | prefix, c_<t)`` of each non-empty continuation, in ONE left-padded forward
+    (:func:`continuation_logprobs`, summed).
 
     ``weights`` (0/1 per continuation token, default all 1) selects the tokens that count: a multi-turn
-    episode's agent tokens, its responder's tokens being context only. With left padding every
-    continuation ends at the last column, so the logits of the last ``max_len + 1`` positions cover all
-    of them (``logits_to_keep``).
+    episode's agent tokens, its responder's tokens being context only.
     """
-    device = next(model.parameters()).device
-    ids, mask = left_pad([list(p) + list(c) for p, c in zip(prefixes, continuations)], pad_id, device)
-    width = max(len(c) for c in continuations)
-    with context():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
-                       logits_to_keep=width + 1, use_cache=False).logits[:, :-1]
-    logp = torch.log_softmax(logits.float(), -1)  # (B, width, V): row r predicts its last `width` columns
-    sums = []
-    for row, continuation in enumerate(continuations):
-        tokens = torch.as_tensor(list(continuation), device=device)
-        terms = logp[row, width - len(tokens):].gather(-1, tokens[:, None]).squeeze(-1)  # (len,)
-        if weights is not None:
-            terms = terms * torch.as_tensor(list(weights[row]), dtype=terms.dtype, device=device)
-        sums.append(float(terms.sum()))
-    return sums
+    return masked_sums(continuation_logprobs(model, prefixes, continuations, pad_id, context), weights)

@@ -24,7 +24,11 @@ class TokenPPO(SequenceOnPolicyAlgorithm):
       forward pass** (teacher forcing over prompt + completion), never one forward per token;
     * per-token reward ``r_t - kl_coef * log pi_old(a_t|s_t)``: with the env's
       ``kl_coef * log pi_ref(a_t|s_t)`` inside ``r_t`` this optimises exactly
-      ``E[R(x)] - kl_coef * KL(pi || pi_ref)``;
+      ``E[R(x)] - kl_coef * KL(pi || pi_ref)``. Run the env with ``kl_penalty="deferred"`` (what
+      ``make_algorithm("token-ppo", ...)`` does): it pays the reference term once at the end, from one
+      teacher-forced reference forward, and the buffer moves each token's share back onto it, so GAE sees
+      the same per-token rewards as with ``"dense"`` (which steps the reference every token) at the cost of
+      ``"sparse"`` (which would credit the whole term to the last token);
     * GAE (``gamma=1``, ``lambda=0.95``), advantage whitening over the rollout, clipped policy
       and value losses, entropy bonus, gradient clipping, minibatches of sequences, epochs;
     * optional adaptive KL control (``kl_target``, ``kl_horizon``) shared with the env.
