@@ -56,7 +56,7 @@ def test_vs_trl_benchmark_our_side(tmp_path):
     assert "tokenppo_vs_trl_ppo" in result["ratios"]
     assert result["results"]["ppo/ours"]["median"] > 0
     assert result["results"]["ppo/ours"]["peak_rss_mib"] > 0
-    assert result["results"]["ppo/ours"]["kl_penalty"] == "dense"
+    assert result["results"]["ppo/ours"]["kl_penalty"] == "deferred"
 
 
 @pytest.mark.slow
