@@ -34,6 +34,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import common  # noqa: E402
 
 
+def _sample_step(out, ref, value_head, generator, records: tuple[list, list, list, list]):
+    """One token per row from the policy's last logits, recording the action, its log pi, the value and log pi_ref
+    (what the env and the policy compute per step); returns the actions ``(B, 1)``."""
+    import torch
+
+    actions, logprobs, values, ref_logprobs = records
+    logp = torch.log_softmax(out.logits[:, -1].float(), -1)
+    # inverse-CDF sampling (torch.multinomial costs more than the forward on CPU; see agents.policy._sample)
+    cdf = logp.exp().cumsum(-1)
+    draw = torch.rand((logp.shape[0], 1), generator=generator) * cdf[:, -1:]
+    action = torch.searchsorted(cdf, draw, right=True).clamp_(max=cdf.shape[-1] - 1)
+    actions.append(action)
+    logprobs.append(logp.gather(1, action))
+    values.append(value_head(out.hidden_states[-1][:, -1]))
+    ref_logprobs.append(torch.log_softmax(ref.logits[:, -1].float(), -1).gather(1, action))
+    return action
+
+
 def ceiling_rollout(policy_lm, value_head, ref_lm, tokenizer, prompts: list[str], new_tokens: int,
                     generator) -> int:
     """Generate ``new_tokens`` per prompt with policy + reference KV caches; returns the tokens generated."""
@@ -53,15 +71,7 @@ def ceiling_rollout(policy_lm, value_head, ref_lm, tokenizer, prompts: list[str]
         ref = ref_lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         position = positions[:, -1:] + 1
         for t in range(new_tokens):
-            logp = torch.log_softmax(out.logits[:, -1].float(), -1)
-            # inverse-CDF sampling (torch.multinomial costs more than the forward on CPU; see agents.policy._sample)
-            cdf = logp.exp().cumsum(-1)
-            draw = torch.rand((batch, 1), generator=generator) * cdf[:, -1:]
-            action = torch.searchsorted(cdf, draw, right=True).clamp_(max=cdf.shape[-1] - 1)
-            actions.append(action)
-            logprobs.append(logp.gather(1, action))
-            values.append(value_head(out.hidden_states[-1][:, -1]))
-            ref_logprobs.append(torch.log_softmax(ref.logits[:, -1].float(), -1).gather(1, action))
+            action = _sample_step(out, ref, value_head, generator, (actions, logprobs, values, ref_logprobs))
             if t == new_tokens - 1:
                 break
             mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
@@ -118,14 +128,7 @@ def ceiling_dialogue(policy_lm, value_head, ref_lm, tokenizer, turns: int, turn_
         out, ref = forward(opening, mask)
         for turn in range(turns):
             for t in range(turn_tokens):
-                logp = torch.log_softmax(out.logits[:, -1].float(), -1)
-                cdf = logp.exp().cumsum(-1)
-                draw = torch.rand((batch, 1), generator=generator) * cdf[:, -1:]
-                action = torch.searchsorted(cdf, draw, right=True).clamp_(max=cdf.shape[-1] - 1)
-                actions.append(action)
-                logprobs.append(logp.gather(1, action))
-                values.append(value_head(out.hidden_states[-1][:, -1]))
-                ref_logprobs.append(torch.log_softmax(ref.logits[:, -1].float(), -1).gather(1, action))
+                action = _sample_step(out, ref, value_head, generator, (actions, logprobs, values, ref_logprobs))
                 if turn == turns - 1 and t == turn_tokens - 1:
                     break
                 step = action if t < turn_tokens - 1 else torch.cat([action, chunk], 1)  # turn end: + the reply

@@ -28,6 +28,15 @@ MAX_WINDOW = 1_000_000
 RewardSpec = str | RewardModel | Callable[[list[str], list[str]], Any] | None
 
 
+def _check_models(model: Any, reference_model: Any) -> None:
+    """``model`` and ``reference_model`` of an env configuration: aliases, folders, hub ids or loaded models."""
+    for name, value in (("model", model), ("reference_model", reference_model)):
+        if not (isinstance(value, (str, os.PathLike, PreTrainedModel)) or (name == "reference_model"
+                                                                          and value is None)):
+            raise ConfigError(f"{name} must be a model alias, a local folder, a hub id or a PreTrainedModel"
+                              f"{' (or None)' if name == 'reference_model' else ''}, got {describe(value)}")
+
+
 @dataclass
 class TextGenConfig:
     """Arguments of ``gym.make("TextGen-v0", ...)`` and ``gym.make_vec("TextGen-v0", ...)``."""
@@ -68,12 +77,7 @@ class TextGenConfig:
 
     def __post_init__(self) -> None:
         """Validate (and normalise: numpy scalars become Python numbers) every field; see text_envs.validation."""
-        for name in ("model", "reference_model"):
-            value = getattr(self, name)
-            if not (isinstance(value, (str, os.PathLike, PreTrainedModel)) or (name == "reference_model"
-                                                                              and value is None)):
-                raise ConfigError(f"{name} must be a model alias, a local folder, a hub id or a PreTrainedModel"
-                                  f"{' (or None)' if name == 'reference_model' else ''}, got {describe(value)}")
+        _check_models(self.model, self.reference_model)
         if not isinstance(self.task, (str, Task)):
             raise ConfigError(f"task must be a task name or a Task, got {describe(self.task)}")
         if self.reward_model is not None and not isinstance(self.reward_model, str) and not callable(self.reward_model):
@@ -284,12 +288,7 @@ class TextChatConfig:
 
     def __post_init__(self) -> None:
         """Validate (and normalise) every field before anything is loaded."""
-        for name in ("model", "reference_model"):
-            value = getattr(self, name)
-            if not (isinstance(value, (str, os.PathLike, PreTrainedModel)) or (name == "reference_model"
-                                                                              and value is None)):
-                raise ConfigError(f"{name} must be a model alias, a local folder, a hub id or a PreTrainedModel, "
-                                  f"got {describe(value)}")
+        _check_models(self.model, self.reference_model)
         if not isinstance(self.task, str) or not self.task:
             raise ConfigError(f"task must be a responder name or 'textarena:<GameId>', got {describe(self.task)}")
         if self.responder is not None and not isinstance(self.responder, str) and not callable(self.responder):
