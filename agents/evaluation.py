@@ -144,12 +144,29 @@ def _sample_batch(lm: PreTrainedModel, env: TextGenVectorEnv, starts: list[Any],
     return finals, logp_sums.tolist()
 
 
+def _evaluation_env(model: str | Path | PreTrainedModel, lm: PreTrainedModel, task: str | Task, num_envs: int,
+                    reference_model: str | None, device: str, env_id: str,
+                    options: dict[str, Any]) -> TextGenVectorEnv:
+    """The vector env of an evaluation (``kl_coef=1``: the KL is read off its reference term)."""
+    from text_envs.chat_env import TextChatVectorEnv
+
+    reference = reference_model or (reference_for(model) if not isinstance(model, torch.nn.Module) else None)
+    # an adapter folder has no config of its own: the env reads vocabulary and tokenizer from the merged model
+    adapters = not isinstance(model, torch.nn.Module) and (Path(model) / ADAPTER_CONFIG).is_file()
+    env_model = lm if isinstance(model, torch.nn.Module) or adapters else str(model)
+    env_class = TextChatVectorEnv if env_id == "TextChat-v0" else TextGenVectorEnv
+    given = {key: value for key, value in options.items() if value is not None}
+    return env_class(num_envs=num_envs, model=env_model, task=task, kl_coef=1.0, reference_model=reference,
+                     device=device, **given)
+
+
 def evaluate_model(model: str | Path | PreTrainedModel, task: str | Task = "sentiment", n: int = 64,
                    reference_model: str | None = None, reward_model: Any = None,
                    reward_kwargs: dict[str, Any] | None = None, max_new_tokens: int | None = None,
                    num_envs: int = 16, temperature: float = 1.0, seed: int = DEFAULT_EVAL_SEED, device: str = "auto",
-                   samples: int = 4, env: TextGenVectorEnv | None = None) -> EvalResult:
-    """Score ``model`` on ``n`` held-out prompts of ``task``.
+                   samples: int = 4, env: TextGenVectorEnv | None = None, env_id: str = "TextGen-v0",
+                   max_turns: int | None = None, max_turn_tokens: int | None = None) -> EvalResult:
+    """Score ``model`` on ``n`` held-out prompts of ``task`` (``TextChat-v0``: ``n`` held-out episodes).
 
     :param model: alias, path (e.g. an exported ``runs/NAME/hf``) or loaded causal LM.
     :param task: task name or Task.
@@ -166,18 +183,26 @@ def evaluate_model(model: str | Path | PreTrainedModel, task: str | Task = "sent
     :param device: device of the models.
     :param samples: number of sample texts kept in the result.
     :param env: an existing vector env to reuse (its reference and reward are used).
+    :param env_id: the env built when ``env`` is None: ``"TextGen-v0"``, or ``"TextChat-v0"`` (``task`` then
+        names a responder, ``max_new_tokens`` is the episode's budget of agent and responder tokens, and
+        ``reward_model`` must be None: the responder pays the rewards).
+    :param max_turns: ``TextChat-v0``: agent turns per episode (default: the env's).
+    :param max_turn_tokens: ``TextChat-v0``: tokens per agent turn (default: the env's).
     """
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"n must be a positive int, got {n!r}")
+    if env_id not in ("TextGen-v0", "TextChat-v0"):
+        raise ConfigError(f"env_id must be 'TextGen-v0' or 'TextChat-v0', got {env_id!r}")
+    if env_id == "TextGen-v0" and (max_turns is not None or max_turn_tokens is not None):
+        raise ConfigError("max_turns and max_turn_tokens apply to env_id='TextChat-v0'")
+    if env_id == "TextChat-v0" and reward_model is not None:
+        raise ConfigError("reward_model applies to TextGen-v0: in TextChat-v0 the responder pays the rewards")
     lm = load_model(model, device=device)
     if env is None:
-        reference = reference_model or (reference_for(model) if not isinstance(model, torch.nn.Module) else None)
-        # an adapter folder has no config of its own: the env reads vocabulary and tokenizer from the merged model
-        adapters = not isinstance(model, torch.nn.Module) and (Path(model) / ADAPTER_CONFIG).is_file()
-        env_model = lm if isinstance(model, torch.nn.Module) or adapters else str(model)
-        env = TextGenVectorEnv(num_envs=min(num_envs, n), model=env_model,
-                               task=task, reward_model=reward_model, reward_kwargs=reward_kwargs, kl_coef=1.0,
-                               max_new_tokens=max_new_tokens, reference_model=reference, device=device)
+        env = _evaluation_env(model, lm, task, min(num_envs, n), reference_model, device, env_id, {
+            "reward_model": reward_model, "reward_kwargs": reward_kwargs, "max_new_tokens": max_new_tokens,
+        } if env_id == "TextGen-v0" else {
+            "max_episode_tokens": max_new_tokens, "max_turns": max_turns, "max_turn_tokens": max_turn_tokens})
     multi_turn = env.batch.dialogue is not None
     prompts = _eval_episode_seeds(n, seed) if multi_turn else _eval_prompts(get_task(task), n, seed)
     infos: list[dict[str, Any]] = []

@@ -79,6 +79,25 @@ def test_eval_json_on_exported_model(trained_run):
     assert payload["n"] == 4 and {"score_mean", "score_se", "kl_mean", "distinct_1", "samples"} <= set(payload)
 
 
+CHAT_ARGS = ("--env", "TextChat-v0", "--task", "guess-number", "--max-turns", "2", "--max-turn-tokens", "4",
+             "--max-new-tokens", "40")
+
+
+def test_train_and_eval_agree_on_a_multi_turn_task(tmp_path, tiny_gpt2_dir):
+    """`train --env TextChat-v0` runs end to end, and `eval --env TextChat-v0` reproduces its after figures."""
+    out = tmp_path / "chat"
+    result = cli("train", "--model", str(tiny_gpt2_dir), *CHAT_ARGS, "--timesteps", "64", "--num-envs", "4",
+                 "--eval-n", "4", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "eval.json").read_text())
+    evaluated = cli("eval", "--model", str(out / "hf"), *CHAT_ARGS, "--n", "4", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    payload = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert payload["n"] == 4 and summary["after"]["n"] == 4
+    for metric in ("score_mean", "kl_mean", "length_mean"):
+        assert payload[metric] == pytest.approx(summary["after"][metric], abs=1e-4), metric
+
+
 @pytest.fixture(scope="module")
 def broken_model_dirs(tmp_path_factory, tiny_gpt2_dir):
     """A folder whose tokenizer (4,096 tokens) does not fit its model (100 rows), and a pickle-only checkpoint."""
@@ -114,6 +133,9 @@ BAD_INPUTS = [
     (["train", "--model", "{small-vocab}"], "4096 tokens but the model's vocabulary"),
     (["train", "--model", "{pickle-only}"], "pickle checkpoint"),
     (["eval", "--n", "0"], "--n"),
+    (["eval", "--max-turns", "2"], "--max-turns and --max-turn-tokens apply to --env TextChat-v0"),
+    (["eval", "--env", "TextChat-v0", "--task", "no-such-game"], "--task no-such-game"),
+    (["eval", "--env", "TextChat-v0", "--task", "guess-number", "--reward-model", "length"], "--reward-model"),
     (["eval", "--reference", "no-such-model-xyz"], "--reference no-such-model-xyz"),
     (["eval", "--model", "{small-vocab}"], "4096 tokens but the model's vocabulary"),
 ]

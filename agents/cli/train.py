@@ -39,6 +39,14 @@ def add_common_env_args(parser: argparse.ArgumentParser) -> None:
                              "(default: the task's reward)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="token budget of an episode (default: the task's)")
+    parser.add_argument("--env", default="TextGen-v0", choices=("TextGen-v0", "TextChat-v0"),
+                        help="TextGen-v0 (one completion per prompt) or the multi-turn TextChat-v0 (--task names a "
+                             "responder: guess-number, calculator or textarena:<GameId>; --max-new-tokens is the "
+                             "episode's budget of agent and responder tokens)")
+    parser.add_argument("--max-turns", type=positive_int, default=None,
+                        help="TextChat-v0: agent turns per episode (default 4)")
+    parser.add_argument("--max-turn-tokens", type=positive_int, default=None,
+                        help="TextChat-v0: tokens per agent turn (default 32)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads (default: TEXTGEN_RL_THREADS, else half the cores)")
@@ -63,14 +71,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "events, reward_curve.png, eval.json.")
     add_common_env_args(train)
     train.add_argument("--algo", default="token-ppo", help=", ".join(ALGORITHMS))
-    train.add_argument("--env", default="TextGen-v0", choices=("TextGen-v0", "TextChat-v0"),
-                       help="TextGen-v0 (one completion per prompt) or the multi-turn TextChat-v0 (--task names a "
-                            "responder: guess-number, calculator or textarena:<GameId>; --max-new-tokens is the "
-                            "episode's budget of agent and responder tokens)")
-    train.add_argument("--max-turns", type=positive_int, default=None,
-                       help="TextChat-v0: agent turns per episode (default 4)")
-    train.add_argument("--max-turn-tokens", type=positive_int, default=None,
-                       help="TextChat-v0: tokens per agent turn (default 32)")
     train.add_argument("--timesteps", type=positive_int, default=32_768, help="budget in generated tokens")
     train.add_argument("--kl-coef", type=non_negative_float, default=0.05, help="KL penalty coefficient beta")
     train.add_argument("--kl-target", type=positive_float, default=None,
@@ -129,12 +129,16 @@ def _reward_args(spec: str | None) -> tuple[str | None, dict[str, Any] | None]:
 
 def _check_common(args: argparse.Namespace) -> None:
     """Checks shared by train and eval: cheap (no model is loaded), naming the flag in every message."""
+    if args.env != "TextChat-v0" and (args.max_turns is not None or args.max_turn_tokens is not None):
+        raise CLIError("--max-turns and --max-turn-tokens apply to --env TextChat-v0")
+    if args.env == "TextChat-v0" and args.reward_model is not None:
+        raise CLIError("--reward-model applies to TextGen-v0: in TextChat-v0 the responder pays the rewards")
     from text_envs.models import check_model_name
     from text_envs.rewards import get_reward_info
     from text_envs.tasks import get_task
 
     try:
-        if getattr(args, "env", "TextGen-v0") == "TextChat-v0":
+        if args.env == "TextChat-v0":
             from text_envs.responders import build_responder, responder_factory
 
             build_responder(responder_factory(args.task))
@@ -204,10 +208,6 @@ def _validate_train(args: argparse.Namespace) -> Path:
 
         if importlib.util.find_spec("peft") is None:
             raise CLIError("--lora-r needs the peft package: pip install 'textgen-rl[lora]'")
-    if args.env != "TextChat-v0" and (args.max_turns is not None or args.max_turn_tokens is not None):
-        raise CLIError("--max-turns and --max-turn-tokens apply to --env TextChat-v0")
-    if args.env == "TextChat-v0" and args.reward_model is not None:
-        raise CLIError("--reward-model applies to TextGen-v0: in TextChat-v0 the responder pays the rewards")
     _check_common(args)
     return _check_out(args.out, args.task.replace(":", "-"), args.algo)
 
@@ -314,7 +314,8 @@ def run_eval(args: argparse.Namespace) -> int:
     reward_model, reward_kwargs = _reward_args(args.reward_model)
     result = evaluate_model(args.model, task=args.task, n=args.n, reference_model=args.reference,
                             reward_model=reward_model, reward_kwargs=reward_kwargs,
-                            max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device)
+                            max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device,
+                            env_id=args.env, max_turns=args.max_turns, max_turn_tokens=args.max_turn_tokens)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
