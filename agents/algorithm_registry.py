@@ -53,6 +53,11 @@ def _agents(name: str) -> Callable[[], type["BaseAlgorithm"]]:
     return load
 
 
+#: The env's KL penalty for the critic-free algorithms: they use only each sequence's return, the same sum of
+#: rewards in every mode, so ``"sparse"`` (one batched teacher-forced reference pass per episode) optimises the
+#: dense mode's objective without stepping the reference model token by token.
+SEQUENCE_KL: dict[str, Any] = {"kl_penalty": "sparse"}
+
 ALGORITHMS: dict[str, AlgoSpec] = {
     spec.name: spec
     for spec in (
@@ -68,16 +73,17 @@ ALGORITHMS: dict[str, AlgoSpec] = {
                  maskable=True, entropy_for_kl=True,
                  defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 256, "n_epochs": 4, "gamma": 1.0}),
         AlgoSpec("reinforce", "REINFORCE with a moving-average baseline", _agents("Reinforce"),
-                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16}),
+                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16}, env_defaults=dict(SEQUENCE_KL)),
         AlgoSpec("rloo", "RLOO: k samples per prompt, leave-one-out baseline", _agents("RLOO"),
-                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16}),
+                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16}, env_defaults=dict(SEQUENCE_KL)),
         AlgoSpec("grpo", "GRPO: group-normalised advantages, clipped ratio", _agents("GRPO"),
-                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16}),
+                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16}, env_defaults=dict(SEQUENCE_KL)),
         AlgoSpec("dr-grpo", "Dr. GRPO: GRPO without std scaling or length normalisation", _agents("GRPO"),
-                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16, "loss_type": "dr_grpo"}),
+                 defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16, "loss_type": "dr_grpo"},
+                 env_defaults=dict(SEQUENCE_KL)),
         AlgoSpec("dapo", "DAPO: clip-higher, token-level loss, dynamic sampling", _agents("GRPO"),
                  defaults={"learning_rate": 2e-4, "n_steps": 64, "batch_size": 16, "loss_type": "dapo",
-                           "clip_range_low": 0.2, "clip_range_high": 0.28}),
+                           "clip_range_low": 0.2, "clip_range_high": 0.28}, env_defaults=dict(SEQUENCE_KL)),
     )
 }
 
@@ -131,8 +137,8 @@ def make_algorithm(name: str, env_kwargs: dict[str, Any], num_envs: int, model: 
     :param name: a key of :data:`ALGORITHMS`.
     :param env_kwargs: arguments of ``gym.make_vec("TextGen-v0", ...)``; the algorithm's
         :attr:`AlgoSpec.env_defaults` fill the ones it leaves out (token-ppo: ``kl_penalty="deferred"``; the
-        stock SB3 algorithms and the critic-free ones keep the env's defaults, ``"dense"``: MaskablePPO's action
-        masks need the stepped reference).
+        critic-free ones: ``"sparse"``, :data:`SEQUENCE_KL`; the stock SB3 algorithms keep the env's default,
+        ``"dense"``: their GAE needs the per-token rewards and MaskablePPO's action masks the stepped reference).
     :param num_envs: parallel episodes.
     :param model: the policy's model (alias, path or hub id).
     :param seed: random seed.

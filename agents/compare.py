@@ -1,9 +1,11 @@
-"""Compare RL algorithms on TextGen tasks with the same budget of generated tokens.
+"""Compare RL algorithms on text tasks with the same budget of generated tokens.
 
 * :data:`ALGORITHMS` / :func:`make_algorithm` (from :mod:`agents.algorithm_registry`): algorithm
   names (``token-ppo``, ``ppo``, ``a2c``, ``maskable-ppo``, ``reinforce``, ``rloo``, ``grpo``,
   ``dr-grpo``, ``dapo``) to configured stable-baselines3 algorithms on a fresh TextGen vec env.
-* :func:`compare`: every task x algorithm x seed, each trained for ``timesteps`` generated tokens
+* :func:`compare`: every task x algorithm x seed, each trained for ``timesteps`` generated tokens (a task
+  is a TextGen-v0 task, e.g. ``sentiment``, or a multi-turn TextChat-v0 responder, e.g. ``guess-number`` or
+  ``textarena:GuessTheNumber-v0``: :func:`task_env`)
   and evaluated on the same held-out prompts (:func:`agents.evaluation.evaluate_model`) at 0, 25,
   50, 75 and 100 % of the budget; writes one JSON per run (``runs/``), ``results.csv`` (one row per
   run with its whole configuration and package versions), ``summary.md``, ``curves.png``,
@@ -77,6 +79,29 @@ def group_size_of(name: str, overrides: dict[str, Any] | None = None) -> int:
     return int(value)
 
 
+def task_env(name: str) -> str:
+    """The env a comparison task runs in: ``"TextGen-v0"`` for a registered task (``sentiment``...),
+    ``"TextChat-v0"`` for a responder (``guess-number``, ``calculator``, ``textarena:<GameId>``), whose
+    episodes are whole dialogues and whose score is the responder's reward.
+
+    :raises ConfigError: ``name`` is neither (the message lists both).
+    :raises MissingDependencyError: a TextArena game without ``textarena`` installed.
+    """
+    from text_envs.errors import UnknownResponderError
+    from text_envs.responders import list_responders, responder_factory
+    from text_envs.tasks import list_tasks
+
+    tasks = [task.name for task in list_tasks()]
+    if name in tasks:
+        return "TextGen-v0"
+    try:
+        responder_factory(name)
+    except UnknownResponderError:
+        raise ConfigError(f"unknown task {name!r}: neither a task ({', '.join(tasks)}) nor a responder "
+                          f"({', '.join(list_responders())}, textarena:<GameId>)") from None
+    return "TextChat-v0"
+
+
 # ------------------------------------------------------------------------------------------ one run
 class _EvalCheckpoints(BaseCallback):
     """Evaluates the policy's LM when a rollout starts past the next checkpoint (in generated tokens)."""
@@ -115,17 +140,21 @@ def run_one(task: str, algo: str, seed: int, timesteps: int, model: str = "tiny"
 
     from agents.checkpoint import CheckpointCallback, has_checkpoint, load_checkpoint
     from agents.evaluation import evaluate_model
+    from text_envs.chat_env import TextChatVectorEnv
     from text_envs.vector_env import TextGenVectorEnv
 
     get_algo_spec(algo)
+    env_id = task_env(task)
     start = time.perf_counter()
     torch.manual_seed(seed)
     env_kwargs = {"task": task, "model": model, "kl_coef": kl_coef, "device": device}
     agent = make_algorithm(algo, env_kwargs=env_kwargs, num_envs=num_envs, model=model, seed=seed, device=device,
-                           overrides=hyperparams)
+                           overrides=hyperparams, env_id=env_id)
     # a separate env for the held-out evaluations (reference = the base model), so that evaluating in the
-    # middle of training never resets the training env
-    eval_env = TextGenVectorEnv(num_envs=min(num_envs, eval_n), model=model, task=task, kl_coef=1.0, device=device)
+    # middle of training never resets the training env; its KL is the reference term's sum (sparse: one pass)
+    eval_class = TextChatVectorEnv if env_id == "TextChat-v0" else TextGenVectorEnv
+    eval_env = eval_class(num_envs=min(num_envs, eval_n), model=model, task=task, kl_coef=1.0, kl_penalty="sparse",
+                          device=device)
     curve: list[dict[str, float]] = []
     spent = {"eval": 0.0, "wall": 0.0}  # seconds spent before this call (a resumed run) are added at the end
 
@@ -164,7 +193,8 @@ def run_one(task: str, algo: str, seed: int, timesteps: int, model: str = "tiny"
     wall = spent["wall"] + time.perf_counter() - start
     train_time = max(wall - spent["eval"], 1e-9)
     final = curve[-1]
-    return {"task": task, "algo": algo, "seed": seed, "timesteps": int(agent.num_timesteps), "budget": timesteps,
+    return {"task": task, "env": env_id, "algo": algo, "seed": seed, "timesteps": int(agent.num_timesteps),
+            "budget": timesteps,
             "score_mean": final["score_mean"], "score_std": final["score_std"], "kl_mean": final["kl_mean"],
             "initial_score_mean": curve[0]["score_mean"], "curve": curve, "wall_time_s": wall,
             "train_time_s": train_time, "tokens_per_s": agent.num_timesteps / train_time, "model": str(model),
@@ -183,7 +213,8 @@ def run_config(task: str, algo: str, seed: int, timesteps: int, model: str, num_
 
     spec = get_algo_spec(algo)
     model_path = Path(model).expanduser()
-    return {"task": task, "algo": algo, "seed": seed, "timesteps": timesteps,
+    return {"task": task, "env": {"id": task_env(task), **spec.env_defaults}, "algo": algo, "seed": seed,
+            "timesteps": timesteps,
             "model": str(model_path.resolve()) if model_path.exists() else str(model), "num_envs": num_envs,
             "eval_n": eval_n, "eval_seed": DEFAULT_EVAL_SEED, "eval_points": list(CHECKPOINTS), "kl_coef": kl_coef,
             "device": resolve_device(device).type, "threads": torch.get_num_threads(),
@@ -262,9 +293,9 @@ class CompareResult:
 VERSIONED_PACKAGES: tuple[str, ...] = ("torch", "transformers", "gymnasium", "stable-baselines3")
 #: Columns of ``results.csv``: the run's results, then its whole configuration (the cache key and the values
 #: it is made of) and the versions of the packages it ran with (empty for runs cached before they were recorded).
-RESULT_COLUMNS = ("task", "algo", "seed", "score_mean", "score_std", "kl_mean", "initial_score_mean", "timesteps",
-                  "wall_time_s", "tokens_per_s", "budget", "config_key", "model", "num_envs", "eval_n", "eval_seed",
-                  "kl_coef", "device", "threads", "hyperparams", "torch_version", "transformers_version",
+RESULT_COLUMNS = ("task", "env", "algo", "seed", "score_mean", "score_std", "kl_mean", "initial_score_mean",
+                  "timesteps", "wall_time_s", "tokens_per_s", "budget", "config_key", "model", "num_envs", "eval_n",
+                  "eval_seed", "kl_coef", "device", "threads", "hyperparams", "torch_version", "transformers_version",
                   "gymnasium_version", "stable_baselines3_version", "text_envs_version")
 
 
@@ -288,7 +319,9 @@ def result_row(record: dict[str, Any], key: str) -> dict[str, Any]:
     """The ``results.csv`` row of a run record (its ``config`` and ``versions``, when recorded, included)."""
     config = record.get("config", {})
     versions = record.get("versions", {})
-    row = {column: record.get(column, "") for column in RESULT_COLUMNS[:10]}
+    row = {column: record.get(column, "") for column in RESULT_COLUMNS[:11]}
+    if "env" in config:  # the env id and the env arguments the algorithm runs with (its kl_penalty)
+        row["env"] = json.dumps(config["env"], sort_keys=True)
     row.update({"budget": config.get("timesteps", record.get("budget", "")), "config_key": key,
                 "model": config.get("model", record.get("model", "")),
                 "num_envs": config.get("num_envs", record.get("num_envs", "")),
@@ -603,7 +636,8 @@ def compare(tasks: str | Sequence[str] = ("sentiment",), algos: str | Sequence[s
             bootstrap_reps: int = DEFAULT_REPS, confidence: float = 0.95, stats_seed: int = 0) -> CompareResult:
     """Run every task x algorithm x seed with the same budget of generated tokens and summarise.
 
-    :param tasks: task names (list or comma-separated string).
+    :param tasks: task names (list or comma-separated string): TextGen-v0 tasks and TextChat-v0 responders
+        (multi-turn: ``guess-number``, ``calculator``, ``textarena:<GameId>``), see :func:`task_env`.
     :param algos: algorithm names (keys of :data:`ALGORITHMS`; list or comma-separated string).
     :param seeds: number of seeds (``0..seeds-1``) or the seeds themselves.
     :param timesteps: budget in generated tokens per run.
@@ -630,14 +664,12 @@ def compare(tasks: str | Sequence[str] = ("sentiment",), algos: str | Sequence[s
         reference for a task outside the sweep or not finite, bad bootstrap settings.
     :raises MissingDependencyError: rliable is not installed (checked before any run).
     """
-    from text_envs.tasks import get_task
-
     task_names, algo_names = _parse_names(tasks), _parse_names(algos)
     if not task_names or not algo_names:
         raise ConfigError("compare needs at least one task and one algorithm")
     specs = [get_algo_spec(a) for a in algo_names]
     for name in task_names:
-        get_task(name)  # fails early on an unknown task
+        task_env(name)  # fails early on an unknown task or responder
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ConfigError("compare needs at least one seed")

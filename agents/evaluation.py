@@ -147,7 +147,8 @@ def _sample_batch(lm: PreTrainedModel, env: TextGenVectorEnv, starts: list[Any],
 def _evaluation_env(model: str | Path | PreTrainedModel, lm: PreTrainedModel, task: str | Task, num_envs: int,
                     reference_model: str | None, device: str, env_id: str,
                     options: dict[str, Any]) -> TextGenVectorEnv:
-    """The vector env of an evaluation (``kl_coef=1``: the KL is read off its reference term)."""
+    """The vector env of an evaluation (``kl_coef=1``: the KL is read off its reference term, the sum of the
+    completion's ``log pi_ref``, which the sparse mode computes in one teacher-forced pass at the episode's end)."""
     from text_envs.chat_env import TextChatVectorEnv
 
     reference = reference_model or (reference_for(model) if not isinstance(model, torch.nn.Module) else None)
@@ -156,8 +157,8 @@ def _evaluation_env(model: str | Path | PreTrainedModel, lm: PreTrainedModel, ta
     env_model = lm if isinstance(model, torch.nn.Module) or adapters else str(model)
     env_class = TextChatVectorEnv if env_id == "TextChat-v0" else TextGenVectorEnv
     given = {key: value for key, value in options.items() if value is not None}
-    return env_class(num_envs=num_envs, model=env_model, task=task, kl_coef=1.0, reference_model=reference,
-                     device=device, **given)
+    return env_class(num_envs=num_envs, model=env_model, task=task, kl_coef=1.0, kl_penalty="sparse",
+                     reference_model=reference, device=device, **given)
 
 
 def evaluate_model(model: str | Path | PreTrainedModel, task: str | Task = "sentiment", n: int = 64,

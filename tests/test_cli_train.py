@@ -56,6 +56,7 @@ def test_eval_json_counts_the_tokens_actually_generated(trained_run):
     assert "Loading weights" not in result.stderr and "Writing model shards" not in result.stderr
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_after_figures_of_train(trained_run, tiny_gpt2_dir):
     """train and eval score the same held-out prompts with the same sampling streams by default."""
     out, _ = trained_run
@@ -70,6 +71,7 @@ def test_eval_reproduces_the_after_figures_of_train(trained_run, tiny_gpt2_dir):
             assert payload[metric] == pytest.approx(summary[key][metric], abs=1e-4), (key, metric)
 
 
+@pytest.mark.slow
 def test_eval_json_on_exported_model(trained_run):
     out, _ = trained_run
     result = cli("eval", "--model", str(out / "hf"), "--task", "sentiment", "--n", "4", "--max-new-tokens", "5",
@@ -83,6 +85,7 @@ CHAT_ARGS = ("--env", "TextChat-v0", "--task", "guess-number", "--max-turns", "2
              "--max-new-tokens", "40")
 
 
+@pytest.mark.slow
 def test_train_and_eval_agree_on_a_multi_turn_task(tmp_path, tiny_gpt2_dir):
     """`train --env TextChat-v0` runs end to end, and `eval --env TextChat-v0` reproduces its after figures."""
     out = tmp_path / "chat"

@@ -141,6 +141,7 @@ def test_every_registered_algorithm_builds(tiny_gpt2_dir):
         agent.env.close()
 
 
+@pytest.mark.slow
 def test_compare_writes_files_and_resumes(tiny_gpt2_dir, tmp_path, monkeypatch):
     kwargs = dict(tasks=["sentiment"], algos="token-ppo,grpo", seeds=2, timesteps=64, out=tmp_path / "cmp",
                   model=str(tiny_gpt2_dir), num_envs=4, eval_n=4, device="cpu",
@@ -179,6 +180,7 @@ def test_compare_writes_files_and_resumes(tiny_gpt2_dir, tmp_path, monkeypatch):
     assert grpo_1.is_file()
 
 
+@pytest.mark.slow
 def test_compare_cache_is_keyed_by_the_whole_configuration(tiny_gpt2_dir, tmp_path, monkeypatch):
     """Changed settings rerun the runs (never stale results under new labels); unchanged ones are reused."""
     kwargs = dict(tasks=["sentiment"], algos="token-ppo", seeds=1, timesteps=64, out=tmp_path / "cmp",
@@ -222,3 +224,42 @@ def test_compare_records_configuration_versions_and_statistics(tiny_gpt2_dir, tm
     for figure in (result.curves_png, result.intervals_png, result.profiles_png):
         assert figure is not None and figure.stat().st_size > 0
     assert (result.intervals_png.name, result.profiles_png.name) == ("intervals.png", "profiles.png")
+
+
+def test_unknown_task_names_both_kinds_before_any_run(tmp_path):
+    with pytest.raises(ConfigError, match=r"'nope'.*sentiment.*guess-number.*textarena:<GameId>"):
+        cmp.compare(tasks="sentiment,nope", algos="grpo", seeds=1, timesteps=8, out=tmp_path / "cmp", progress=False)
+    assert not (tmp_path / "cmp").exists()
+    assert (cmp.task_env("sentiment"), cmp.task_env("guess-number")) == ("TextGen-v0", "TextChat-v0")
+
+
+def test_every_registered_algorithm_builds_on_a_multi_turn_task(tiny_gpt2_dir):
+    env_kwargs = {"model": str(tiny_gpt2_dir), "task": "guess-number", "kl_coef": 0.05, "max_episode_tokens": 96}
+    for name, spec in cmp.ALGORITHMS.items():
+        fast = {key: value for key, value in FAST.items() if key in spec.defaults}
+        agent = cmp.make_algorithm(name, env_kwargs=env_kwargs, num_envs=4, model=str(tiny_gpt2_dir), seed=0,
+                                   device="cpu", overrides=fast, env_id="TextChat-v0")
+        assert agent.n_envs == 4 and agent.env.env.batch.dialogue is not None, name
+        agent.env.close()
+
+
+@pytest.mark.slow
+def test_compare_mixes_single_and_multi_turn_tasks(tmp_path):
+    """A multi-turn task (a responder) runs in TextChat-v0 beside a TextGen-v0 task, with the same statistics."""
+    out = tmp_path / "cmp"
+    result = cmp.compare(tasks="arithmetic,guess-number", algos="token-ppo,grpo", seeds=1, timesteps=64, out=out,
+                         model="tiny", num_envs=4, eval_n=4, device="cpu",
+                         hyperparams={"token-ppo": FAST, "grpo": FAST}, progress=False, plot=False,
+                         bootstrap_reps=100)
+    assert [(r["task"], r["env"], r["algo"]) for r in result.runs] == [
+        ("arithmetic", "TextGen-v0", "token-ppo"), ("arithmetic", "TextGen-v0", "grpo"),
+        ("guess-number", "TextChat-v0", "token-ppo"), ("guess-number", "TextChat-v0", "grpo")]
+    for run in result.runs:
+        assert run["timesteps"] >= 64 and len(run["curve"]) >= 2 and math.isfinite(run["score_mean"])
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [json.loads(r["env"]) for r in rows] == [
+        {"id": "TextGen-v0", "kl_penalty": "deferred"}, {"id": "TextGen-v0", "kl_penalty": "sparse"},
+        {"id": "TextChat-v0", "kl_penalty": "deferred"}, {"id": "TextChat-v0", "kl_penalty": "sparse"}]
+    assert {row["task"] for row in result.summary} == {"arithmetic", "guess-number"}
+    assert "| guess-number | grpo |" in result.summary_markdown

@@ -175,7 +175,7 @@ def test_rloo_advantages_are_unchanged(models: dict[str, Path]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- registry
-def test_make_algorithm_defers_the_kl_term_for_token_ppo_only(models: dict[str, Path]) -> None:
+def test_make_algorithm_picks_each_algorithms_kl_penalty(models: dict[str, Path]) -> None:
     env_kwargs = {"model": str(models["policy"]), "task": micro_task(3), "reward_model": count_a, "kl_coef": BETA,
                   "device": "cpu"}
 
@@ -186,6 +186,10 @@ def test_make_algorithm_defers_the_kl_term_for_token_ppo_only(models: dict[str, 
 
     assert penalty("token-ppo") == "deferred"
     assert penalty("token-ppo", kl_penalty="dense") == "dense"  # the caller's choice wins
-    assert penalty("rloo") == "dense"  # the main job's env is unchanged
+    assert penalty("rloo") == "sparse"  # the same sequence return as dense (test above), one reference pass
+    assert penalty("rloo", kl_penalty="dense") == "dense"
     assert penalty("maskable-ppo") == "dense"  # its action masks need the stepped reference
-    assert [name for name, spec in ALGORITHMS.items() if spec.env_defaults] == ["token-ppo"]
+    assert penalty("ppo") == "dense"  # stock SB3 PPO: GAE over the per-token rewards
+    assert {name: spec.env_defaults.get("kl_penalty") for name, spec in ALGORITHMS.items() if spec.env_defaults} == {
+        "token-ppo": "deferred", "reinforce": "sparse", "rloo": "sparse", "grpo": "sparse", "dr-grpo": "sparse",
+        "dapo": "sparse"}

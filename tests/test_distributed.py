@@ -170,6 +170,7 @@ def test_bad_torchrun_variables_are_config_errors(monkeypatch):
         distributed.init_from_env("cpu")
 
 
+@pytest.mark.slow
 def test_torchrun_cli_trains_on_two_ranks(tmp_path, tiny_gpt2_dir):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     out = tmp_path / "run"

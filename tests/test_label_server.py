@@ -519,6 +519,7 @@ def test_oracle_rate_and_rank(tmp_path: Path) -> None:
     assert data.skipped == ["rank-1"]
 
 
+@pytest.mark.slow
 def test_label_command_with_oracle(tmp_path: Path) -> None:
     out = tmp_path / "fb.jsonl"
     cmd = [

@@ -154,8 +154,7 @@ def test_model_aware_learning_rates():
     assert default_hyperparameters("grpo", mid, lora=True) == {"learning_rate": 1e-4}
 
 
-@pytest.mark.drift
-@pytest.mark.slow
+@pytest.mark.slow  # not drift: our default learning rate (test_models, drift, loads SmolLM2; fast LoRA tests run peft)
 def test_smollm2_with_default_settings_trains_stably(tmp_path):
     """`--model smollm2-135m` with no other training flag: the model-aware learning rate (2e-6, full fine-tuning)
     keeps the first update's approx_kl far below 0.1 (the tiny LM's 1e-4 gave ~40)."""

@@ -278,6 +278,7 @@ def test_learned_reward_rejects_multi_output_model(tmp_path: Path, tiny_gpt2_dir
 # --------------------------------------------------------------------------- ratings
 
 
+@pytest.mark.slow
 def test_ratings_mse_path_learns(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "ratings.jsonl", synthetic_ratings(160))
     config = RewardTrainingConfig(
@@ -353,6 +354,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_train_rm_command(tmp_path: Path, small_data: Path) -> None:
     out = tmp_path / "rm"
     result = _run_cli("train-rm", "--data", str(small_data), "--base", "tiny", "--out", str(out), "--epochs", "1",
@@ -364,6 +366,7 @@ def test_train_rm_command(tmp_path: Path, small_data: Path) -> None:
     assert meta["config"]["batch_size"] == 8 and meta["config"]["progress"] is False
 
 
+@pytest.mark.slow
 def test_train_rm_killed_during_save_keeps_the_old_model_and_cleans_up(tmp_path: Path, small_data: Path) -> None:
     """A real SIGKILL while the new model is being written: the old one stays, the next run removes the
     leftover temporary folder."""

@@ -35,8 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                "results.csv, summary.md (rliable statistics: cross-task IQM, "
                                                "probability of improvement), curves.png, intervals.png and "
                                                "profiles.png. Resumable.")
-    parser.add_argument("--task", default="sentiment", help="task name (see `textgen-rl tasks`)")
-    parser.add_argument("--tasks", default=None, help="several tasks, comma-separated (overrides --task)")
+    parser.add_argument("--task", default="sentiment",
+                        help="task name (see `textgen-rl tasks`), or a responder for a multi-turn TextChat-v0 task "
+                             "(see `textgen-rl responders`: guess-number, calculator, textarena:<GameId>)")
+    parser.add_argument("--tasks", default=None,
+                        help="several tasks, comma-separated (overrides --task), single- and multi-turn mixed, "
+                             "e.g. sentiment,arithmetic,guess-number")
     parser.add_argument("--algos", default="token-ppo,ppo,reinforce,rloo,grpo",
                         help=f"comma-separated, from: {','.join(ALGORITHMS)}")
     parser.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per algorithm")
