@@ -43,6 +43,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents import statistics
 from agents.algorithm_registry import ALGORITHMS, AlgoSpec, make_algorithm
+from agents.compare_ray import WORKER_THREADS, check_backend
 from agents.statistics import AGGREGATE_METRICS, DEFAULT_REPS, Interval, TaskNormalization
 from text_envs.atomic import atomic_path, write_json_atomic, write_text_atomic
 from text_envs.errors import ConfigError
@@ -203,8 +204,12 @@ def run_one(task: str, algo: str, seed: int, timesteps: int, model: str = "tiny"
 
 
 def run_config(task: str, algo: str, seed: int, timesteps: int, model: str, num_envs: int, eval_n: int,
-               kl_coef: float, device: str, hyperparams: dict[str, Any] | None) -> dict[str, Any]:
-    """Everything that determines a run's result: what its cache key is made of."""
+               kl_coef: float, device: str, hyperparams: dict[str, Any] | None,
+               threads: int | None = None) -> dict[str, Any]:
+    """Everything that determines a run's result: what its cache key is made of.
+
+    :param threads: the torch threads the run will train with (None: this process's current number).
+    """
     import torch
 
     from text_envs import __version__
@@ -217,7 +222,7 @@ def run_config(task: str, algo: str, seed: int, timesteps: int, model: str, num_
             "timesteps": timesteps,
             "model": str(model_path.resolve()) if model_path.exists() else str(model), "num_envs": num_envs,
             "eval_n": eval_n, "eval_seed": DEFAULT_EVAL_SEED, "eval_points": list(CHECKPOINTS), "kl_coef": kl_coef,
-            "device": resolve_device(device).type, "threads": torch.get_num_threads(),
+            "device": resolve_device(device).type, "threads": torch.get_num_threads() if threads is None else threads,
             "hyperparams": {**spec.defaults, **(hyperparams or {})}, "version": __version__}
 
 
@@ -628,12 +633,114 @@ def plot_profiles(analysis: Analysis, path: Path) -> Path | None:
     return path
 
 
+@dataclass
+class PlannedRun:
+    """One run of a sweep: what it is, its cache key and, once cached or finished, its record.
+
+    :param task: task name; ``algo``: algorithm name; ``seed``: its seed.
+    :param config: :func:`run_config` (what ``key`` hashes).
+    :param key: :func:`run_key`: the stem of ``runs/<key>.json`` and of its checkpoint folder ``runs/<key>/``.
+    :param record: the run's record (see :func:`run_one`), None until reused from the cache or trained.
+    :param status: ``"reused"``, ``"resumed"`` or ``"trained"`` once ``record`` is set.
+    """
+
+    task: str
+    algo: str
+    seed: int
+    config: dict[str, Any]
+    key: str
+    record: dict[str, Any] | None = None
+    status: str = ""
+
+
+def plan_runs(task_names: Sequence[str], algo_names: Sequence[str], seeds: Sequence[int], settings: dict[str, Any],
+              hyperparams: dict[str, dict[str, Any]], runs_dir: Path, threads: int | None = None) -> list[PlannedRun]:
+    """Every task x algorithm x seed in sweep order, with its key and, when ``runs/<key>.json`` exists, its
+    cached record (status ``"reused"``).
+
+    :param settings: :func:`run_one`'s ``timesteps, model, num_envs, eval_n, kl_coef, device``.
+    :param hyperparams: per-algorithm overrides.
+    :param runs_dir: the sweep's ``runs/`` folder.
+    :param threads: the torch threads the runs will train with (None: this process's).
+    """
+    plan = []
+    for task, algo, seed in ((t, a, s) for t in task_names for a in algo_names for s in seeds):
+        config = run_config(task, algo, seed, hyperparams=hyperparams.get(algo), threads=threads, **settings)
+        run = PlannedRun(task, algo, seed, config, run_key(config))
+        path = runs_dir / f"{run.key}.json"
+        if path.is_file():
+            run.record = json.loads(path.read_text())
+            run.record.setdefault("config", config)
+            run.status = "reused"
+        plan.append(run)
+    return plan
+
+
+def _run_kwargs(run: PlannedRun, settings: dict[str, Any], hyperparams: dict[str, dict[str, Any]], runs_dir: Path,
+                checkpoint_every: int) -> dict[str, Any]:
+    """:func:`run_one`'s arguments for ``run`` (checkpointing into ``runs/<key>/``)."""
+    return {"task": run.task, "algo": run.algo, "seed": run.seed, **settings, "hyperparams": hyperparams.get(run.algo),
+            "run_dir": runs_dir / run.key, "checkpoint_every": checkpoint_every}
+
+
+def _store(run: PlannedRun, record: dict[str, Any], runs_dir: Path) -> None:
+    """Cache a finished run: ``runs/<key>.json`` (atomically, with its config), then remove its checkpoint."""
+    record["config"] = run.config
+    write_json_atomic(runs_dir / f"{run.key}.json", record)
+    shutil.rmtree(runs_dir / run.key, ignore_errors=True)  # its checkpoint: the record replaces it
+    run.record = record
+    run.status = "resumed" if record.get("resumed") else "trained"
+
+
+def _report(bar: Any, run: PlannedRun) -> None:
+    """Advance the progress bar (None: no progress output) and print one line about a finished run."""
+    if bar is None or run.record is None:
+        return
+    record = run.record
+    bar.update(1)
+    bar.write(f"{run.task} {run.algo} seed={run.seed}: score {record['initial_score_mean']:.3f} -> "
+              f"{record['score_mean']:.3f}, kl {record['kl_mean']:.3f}, "
+              f"{record['tokens_per_s']:.0f} tok/s ({run.status})")
+
+
+def _run_local(plan: list[PlannedRun], settings: dict[str, Any], hyperparams: dict[str, dict[str, Any]],
+               runs_dir: Path, checkpoint_every: int, bar: Any) -> None:
+    """The local backend: the runs not cached yet, one after the other in this process, in plan order."""
+    for run in plan:
+        if run.record is None:
+            kwargs = _run_kwargs(run, settings, hyperparams, runs_dir, checkpoint_every)
+            args = [kwargs.pop(name) for name in ("task", "algo", "seed", "timesteps")]
+            _store(run, run_one(*args, **kwargs), runs_dir)
+        _report(bar, run)
+
+
+def _run_ray(plan: list[PlannedRun], settings: dict[str, Any], hyperparams: dict[str, dict[str, Any]],
+             runs_dir: Path, checkpoint_every: int, bar: Any, workers: int | None, address: str | None) -> None:
+    """The ray backend: the runs not cached yet as Ray tasks (:func:`agents.compare_ray.run_jobs`), each cached
+    as it finishes; the records stay in plan order."""
+    from agents.compare_ray import run_jobs
+
+    for run in plan:
+        if run.record is not None:
+            _report(bar, run)
+    missing = [run for run in plan if run.record is None]
+    jobs = [{**_run_kwargs(run, settings, hyperparams, runs_dir, checkpoint_every), "device": run.config["device"]}
+            for run in missing]
+
+    def finished(index: int, record: dict[str, Any]) -> None:
+        _store(missing[index], record, runs_dir)
+        _report(bar, missing[index])
+
+    run_jobs(jobs, finished, workers=workers, address=address)
+
+
 def compare(tasks: str | Sequence[str] = ("sentiment",), algos: str | Sequence[str] = tuple(ALGORITHMS),
             seeds: int | Sequence[int] = 3, timesteps: int = 4096, out: str | Path = "runs/compare",
             model: str = "tiny", num_envs: int = 8, eval_n: int = 32, kl_coef: float = 0.05, device: str = "auto",
             hyperparams: dict[str, dict[str, Any]] | None = None, progress: bool = True,
             plot: bool = True, checkpoint_every: int = 10, references: Mapping[str, float] | None = None,
-            bootstrap_reps: int = DEFAULT_REPS, confidence: float = 0.95, stats_seed: int = 0) -> CompareResult:
+            bootstrap_reps: int = DEFAULT_REPS, confidence: float = 0.95, stats_seed: int = 0,
+            backend: str = "local", workers: int | None = None, address: str | None = None) -> CompareResult:
     """Run every task x algorithm x seed with the same budget of generated tokens and summarise.
 
     :param tasks: task names (list or comma-separated string): TextGen-v0 tasks and TextChat-v0 responders
@@ -660,9 +767,18 @@ def compare(tasks: str | Sequence[str] = ("sentiment",), algos: str | Sequence[s
     :param bootstrap_reps: stratified-bootstrap resamples of every confidence interval.
     :param confidence: coverage of the confidence intervals.
     :param stats_seed: seed of the bootstraps (the statistics of the same runs are reproducible).
+    :param backend: ``"local"`` (the runs one after the other in this process) or ``"ray"`` (every run not
+        cached yet as a Ray task, in parallel: :mod:`agents.compare_ray`; one torch thread per run, so its cache
+        key records ``threads=1``). Both write the same ``runs/`` folder, records and files.
+    :param workers: ray backend: runs in parallel (default: the CPUs of this machine; on a cluster, as many
+        as it schedules).
+    :param address: ray backend: the address of a Ray cluster to join (default: start a local instance with
+        ``workers`` CPUs, shut down at the end).
     :raises ConfigError: unknown algorithm, bad budget, ``num_envs`` not divisible by a group size, a
-        reference for a task outside the sweep or not finite, bad bootstrap settings.
-    :raises MissingDependencyError: rliable is not installed (checked before any run).
+        reference for a task outside the sweep or not finite, bad bootstrap settings, unknown backend, bad
+        ``workers`` or ``address`` (or either with the local backend), the ray backend off the CPU.
+    :raises MissingDependencyError: rliable is not installed, or Ray for the ray backend (checked before any
+        run).
     """
     task_names, algo_names = _parse_names(tasks), _parse_names(algos)
     if not task_names or not algo_names:
@@ -689,47 +805,33 @@ def compare(tasks: str | Sequence[str] = ("sentiment",), algos: str | Sequence[s
         if num_envs % group:
             raise ConfigError(f"{spec.name} samples {group} completions per prompt: num_envs={num_envs} "
                               f"must be a multiple of {group}")
+    from text_envs.devices import resolve_device
+
+    parallel = check_backend(backend, workers, address, resolve_device(device).type)
     out = Path(out)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    plan = [(t, a, s) for t in task_names for a in algo_names for s in seed_list]
-    records: list[dict[str, Any]] = []
-    keys: list[str] = []
-    counts = {"reused": 0, "resumed": 0, "trained": 0}
+    settings = {"timesteps": timesteps, "model": model, "num_envs": num_envs, "eval_n": eval_n, "kl_coef": kl_coef,
+                "device": device}
+    plan = plan_runs(task_names, algo_names, seed_list, settings, hyperparams, runs_dir,
+                     threads=WORKER_THREADS if backend == "ray" else None)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(plan), desc="compare", unit="run")
     try:
-        for task, algo, seed in plan:
-            config = run_config(task, algo, seed, timesteps, model, num_envs, eval_n, kl_coef, device,
-                                hyperparams.get(algo))
-            key = run_key(config)
-            path = runs_dir / f"{key}.json"
-            if path.is_file():
-                record = json.loads(path.read_text())
-                status = "reused"
-                record.setdefault("config", config)
-            else:
-                record = run_one(task, algo, seed, timesteps, model=model, num_envs=num_envs, eval_n=eval_n,
-                                 kl_coef=kl_coef, device=device, hyperparams=hyperparams.get(algo),
-                                 run_dir=runs_dir / key, checkpoint_every=checkpoint_every)
-                record["config"] = config
-                write_json_atomic(path, record)
-                shutil.rmtree(runs_dir / key, ignore_errors=True)  # its checkpoint: the record replaces it
-                status = "resumed" if record.get("resumed") else "trained"
-            counts[status] += 1
-            records.append(record)
-            keys.append(key)
-            if bar is not None:
-                bar.update(1)
-                bar.write(f"{task} {algo} seed={seed}: score {record['initial_score_mean']:.3f} -> "
-                          f"{record['score_mean']:.3f}, kl {record['kl_mean']:.3f}, "
-                          f"{record['tokens_per_s']:.0f} tok/s ({status})")
+        if backend == "ray":
+            _run_ray(plan, settings, hyperparams, runs_dir, checkpoint_every, bar, parallel, address)
+        else:
+            _run_local(plan, settings, hyperparams, runs_dir, checkpoint_every, bar)
     finally:
         if bar is not None:
             bar.close()
+    records = [run.record for run in plan if run.record is not None]
+    assert len(records) == len(plan), "a backend returned without every run's record"
+    keys = [run.key for run in plan]
+    counts = {status: sum(run.status == status for run in plan) for status in ("reused", "resumed", "trained")}
     write_json_atomic(out / "runs.json", records)
     results_csv = out / "results.csv"
     with atomic_path(results_csv) as tmp, open(tmp, "w", newline="") as handle:

@@ -2,7 +2,8 @@
 
 Writes ``results.csv``, ``summary.md`` (rliable's cross-task IQM table and probability-of-improvement matrix
 first), ``curves.png``, ``intervals.png`` and ``profiles.png`` under ``--out`` (see :func:`agents.compare.compare`);
-rerunning the same command skips the runs already finished.
+rerunning the same command skips the runs already finished. ``--backend ray`` runs the runs in parallel as Ray
+tasks (:mod:`agents.compare_ray`), on a local Ray instance or, with ``--address``, on a cluster.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="one learning rate for every algorithm (default: each algorithm's)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=positive_int, default=None,
-                        help="torch threads (default: TEXTGEN_RL_THREADS or half the cores)")
+                        help="torch threads of the local backend (default: TEXTGEN_RL_THREADS or half the cores; "
+                             "the ray backend runs each run with one)")
     parser.add_argument("--checkpoint-every", type=non_negative_int, default=10,
                         help="updates between the checkpoints of each run (0: none); a killed compare resumes "
                              "its unfinished runs mid-way when rerun")
@@ -65,14 +67,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bootstrap-reps", type=positive_int, default=2000,  # agents.statistics.DEFAULT_REPS
                         help="stratified-bootstrap resamples of every confidence interval")
     parser.add_argument("--no-plot", action="store_true", help="skip curves.png, intervals.png and profiles.png")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="local: the runs one after the other in this process; ray: every run not finished "
+                             "yet as a Ray task (one CPU, one torch thread each), in parallel; same output folder")
+    parser.add_argument("--address", default=None,
+                        help="ray backend: the address of a Ray cluster to join (default: start a local instance)")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="ray backend: runs in parallel (default: the CPUs of this machine)")
     parser.set_defaults(func=run_compare)
 
 
 def run_compare(args: argparse.Namespace) -> int:
     """Run the comparison and print the summary table."""
     from agents.compare import _parse_names, compare
+    from text_envs.errors import ConfigError
     from text_envs.models import configure_threads
 
+    if args.backend != "ray" and (args.address is not None or args.workers is not None):
+        raise ConfigError("--address and --workers are options of the ray backend: add --backend ray")
     configure_threads(args.threads)
     algos = _parse_names(args.algos)
     hyperparams = ({name: {"learning_rate": args.learning_rate} for name in algos}
@@ -81,7 +93,8 @@ def run_compare(args: argparse.Namespace) -> int:
                      out=args.out, model=args.model, num_envs=args.num_envs, eval_n=args.eval_n,
                      kl_coef=args.kl_coef, device=args.device, hyperparams=hyperparams, plot=not args.no_plot,
                      checkpoint_every=args.checkpoint_every, references=dict(args.reference or []),
-                     bootstrap_reps=args.bootstrap_reps)
+                     bootstrap_reps=args.bootstrap_reps, backend=args.backend, workers=args.workers,
+                     address=args.address)
     print(result.summary_markdown, end="")
     figures = [path for path in (result.curves_png, result.intervals_png, result.profiles_png) if path is not None]
     print(f"wrote {', '.join(str(p) for p in (result.results_csv, result.summary_md, *figures))}"
