@@ -219,10 +219,15 @@ class TransformerPolicyCore:
                                   f"unexpected {list(result.unexpected_keys)[:5]}")
         return result
 
-    def _autocast(self) -> torch.autocast:
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on CUDA (``dtype="auto"`` / ``"bfloat16"``), else a no-op context (cheaper than a disabled
+        ``torch.autocast``: this runs at every rollout step)."""
+        if self.dtype_option not in ("auto", "bfloat16"):
+            return contextlib.nullcontext()
         device = next(self.lm.parameters()).device
-        enabled = device.type == "cuda" and self.dtype_option in ("auto", "bfloat16")
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+        if device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
     # ----------------------------------------------------------------------------- uncached forwards
     def _trunk(self, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -72,7 +72,29 @@ def test_memory_benchmark(tmp_path):
     assert result["lm_copies"] == 2  # policy (with the shared value trunk) and the env's reference
 
 
-@pytest.mark.parametrize("script", ["rollout.py", "update.py", "vs_trl.py", "memory.py"])
+@pytest.mark.slow
+def test_scaling_benchmark_quick(tmp_path):
+    """One tiny point per axis: every workload measured, ratios to the ceilings, the fitted exponent and the plot."""
+    proc = run_benchmark("scaling.py", "--quick", "--threads", "1", "--repeats", "1", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "scaling.json").read_text())
+    assert proc.stdout.strip().splitlines()[-1] == "ratios: " + json.dumps(result["ratios"])
+    assert [p["x"] for p in result["sweeps"]["tokens"]] == [4, 8] and result["sweeps"]["model"][0]["x"] == "tiny"
+    for points in result["sweeps"].values():
+        for point in points:
+            assert set(point["ratios"]) == {"tokenppo_rollout", "grpo_rollout", "tokenppo_update", "grpo_update"}
+            assert all(r["wall"] > 0 and r["cpu"] > 0 for r in point["ratios"].values())
+    assert set(result["exponents"]["TokenPPO rollout"]) == {"time_exponent", "per_token_exponent"}
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_fixes_benchmark(tmp_path):
+    result = run_script("fixes.py", tmp_path, "--long-tokens", "8", "--batch", "4")  # GRPO: groups of 4
+    assert set(result["ratios"]) == {"kv_cache_after_vs_before", "critic_free_entropy_after_vs_before"}
+    assert all(v > 0 for v in result["ratios"].values())
+
+
+@pytest.mark.parametrize("script", ["rollout.py", "update.py", "vs_trl.py", "memory.py", "scaling.py", "fixes.py"])
 def test_help(script):
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), "--help"], capture_output=True,
                           text=True, cwd=str(REPO_ROOT), timeout=120)

@@ -145,3 +145,23 @@ def test_kl_regularised_return_and_save_load(micro_dir, tmp_path):
     rewards, mask = buffer.total_rewards()
     # env reward (score + beta log pi_ref) minus beta log pi_old, summed
     assert float(sequence_returns(rewards, mask)[0]) == pytest.approx(-0.2 + 0.7 + 0.1 * 1.5)
+
+
+@pytest.mark.parametrize("ent_coef, graph", [(0.0, False), (0.01, True)])
+def test_entropy_has_a_graph_only_when_it_is_in_the_loss(micro_dir, ent_coef, graph, monkeypatch):
+    """With ent_coef == 0 the entropy is only logged: evaluated without autograd (no vocabulary-sized backward);
+    with an entropy bonus it keeps its graph."""
+    env = micro_env(micro_dir, n=4)
+    model = GRPO(TransformerPolicy, env, policy_kwargs={"model": str(micro_dir)}, n_steps=3, batch_size=4,
+                 group_size=4, ent_coef=ent_coef, seed=0, device="cpu")
+    seen = []
+    evaluate = type(model).evaluate_batch
+
+    def spy(self, batch, entropy_grad=True):
+        logprobs, entropy, values = evaluate(self, batch, entropy_grad)
+        seen.append((entropy.requires_grad, float(entropy.detach().mean())))
+        return logprobs, entropy, values
+
+    monkeypatch.setattr(type(model), "evaluate_batch", spy)
+    model.learn(12)
+    assert seen and all(flag is graph and mean > 0 for flag, mean in seen)  # still computed (and logged)

@@ -205,4 +205,4 @@ class TextChatVectorEnv(TextChatMixin, TextGenVectorEnv):
         return vector_infos
 
     def _agent_masks(self) -> np.ndarray:
-        return np.stack([self.batch.agent_mask(i) for i in range(self.num_envs)])
+        return self.batch.agent_masks()

@@ -305,16 +305,36 @@ class EpisodeBatch:
     def agent_mask(self, slot: int) -> np.ndarray:
         """int8 ``(window,)``, aligned with :meth:`observation`: 1 where the observation holds an agent token
         (an action), 0 on the prompt, the responder's tokens and padding."""
-        state = self.slots[slot]
         mask = np.zeros(self.window, dtype=np.int8)
-        if state.generated:
-            mask[self.window - len(state.generated):] = state.agent_flags()
+        self._write_agent_mask(self.slots[slot], mask)
         return mask
 
+    def agent_masks(self) -> np.ndarray:
+        """:meth:`agent_mask` of every slot, stacked: int8 ``(B, window)``."""
+        masks = np.zeros((self.batch_size, self.window), dtype=np.int8)
+        for state, row in zip(self.slots, masks):
+            self._write_agent_mask(state, row)
+        return masks
+
+    def _write_agent_mask(self, state: SlotState, row: np.ndarray) -> None:
+        if state.generated:
+            start = self.window - len(state.generated)
+            row[start:] = 1
+            if state.env_positions:
+                row[start + np.asarray(state.env_positions)] = 0
+
     def observations(self) -> dict[str, np.ndarray]:
-        """Observations of all slots stacked: ``(B, window)`` arrays."""
-        per_slot = [self.observation(slot) for slot in range(self.batch_size)]
-        return {key: np.stack([obs[key] for obs in per_slot]) for key in ("input_ids", "attention_mask")}
+        """Observations of all slots stacked: ``(B, window)`` arrays (what :meth:`observation` gives per slot,
+        written row by row into two arrays)."""
+        ids = np.full((self.batch_size, self.window), self.pad_id, dtype=np.int64)
+        mask = np.zeros((self.batch_size, self.window), dtype=np.int64)
+        for slot, state in enumerate(self.slots):
+            start = self.window - len(state.prompt_ids) - len(state.generated)
+            ids[slot, start:start + len(state.prompt_ids)] = state.prompt_ids
+            if state.generated:
+                ids[slot, start + len(state.prompt_ids):] = state.generated
+            mask[slot, start:] = 1
+        return {"input_ids": ids, "attention_mask": mask}
 
     def completion_text(self, slot: int) -> str:
         """Decoded completion of a slot, without the final EOS or other special tokens."""

@@ -13,6 +13,11 @@ tokens:
 Columns that are masked for every slot (history of finished episodes) are trimmed from the left,
 so the cache stays as long as the longest live episode. Position ids are tracked per slot, which
 makes the result equal (to float tolerance) to an uncached forward over each slot's tokens.
+
+The shared cache's layers are :class:`GrowingLayer` s: each holds its keys/values in a buffer with spare
+columns on the right (grown by doubling) and exposes the live columns as a view, so a step writes one
+column instead of copying the whole cache (Hugging Face's ``DynamicLayer`` concatenates at every step:
+O(T) copy per token, O(T^2) per episode), and trimming the left is free.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any, Callable, ContextManager, NamedTuple, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 #: The keyword under which this transformers release passes a KV cache to ``forward`` (and the output field
@@ -79,6 +85,71 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.devi
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Position ids for a left-padded batch: ``cumsum(mask) - 1``, clamped at 0 on padding. ``(B, T)``."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class GrowingLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose ``keys`` / ``values`` ``(B, H, T, D)`` are views of the columns
+    ``[start, end)`` of preallocated buffers ``(B, H, capacity, D)``.
+
+    :meth:`update` (what the model's attention calls) writes the new columns in place and reallocates, doubling
+    the live length, only when the buffer is full; :meth:`trim_left` and :meth:`pad_left` move ``start``.
+    In-place writes to ``keys`` / ``values`` (the stepper's slot merges) write through to the buffers.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, spare: int = 16) -> None:
+        super().__init__()
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+        self._reallocate(keys, values, left=0, right=spare)
+
+    def _reallocate(self, keys: torch.Tensor, values: torch.Tensor, left: int, right: int) -> None:
+        """New buffers holding ``left`` zero columns, then ``keys`` / ``values``, then ``right`` spare columns."""
+        length = keys.shape[2]
+        self._keys = keys.new_zeros((*keys.shape[:2], left + length + right, keys.shape[-1]))
+        self._values = values.new_zeros((*values.shape[:2], left + length + right, values.shape[-1]))
+        self._keys[:, :, left:left + length] = keys
+        self._values[:, :, left:left + length] = values
+        self._start, self._end = 0, left + length
+        self._expose()
+
+    def _expose(self) -> None:
+        self.keys = self._keys[:, :, self._start:self._end]
+        self.values = self._values[:, :, self._start:self._end]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new columns ``(B, H, n, D)``; returns the live keys and values (views)."""
+        width = key_states.shape[-2]
+        if self._end + width > self._keys.shape[2]:
+            live = self._end - self._start
+            self._reallocate(self.keys, self.values, left=0, right=max(live + width, 16))
+        self._keys[:, :, self._end:self._end + width] = key_states
+        self._values[:, :, self._end:self._end + width] = value_states
+        self._end += width
+        self._expose()
+        return self.keys, self.values
+
+    def trim_left(self, columns: int) -> None:
+        """Drop the ``columns`` oldest live columns (no copy)."""
+        self._start += columns
+        self._expose()
+
+    def pad_left(self, columns: int) -> None:
+        """Prepend ``columns`` zero columns (in place when the buffer has room on the left)."""
+        if columns <= self._start:
+            self._keys[:, :, self._start - columns:self._start] = 0
+            self._values[:, :, self._start - columns:self._start] = 0
+            self._start -= columns
+            self._expose()
+        else:
+            self._reallocate(self.keys, self.values, left=columns, right=max(16, self._keys.shape[2] - self._end))
+
+
+def _growing_cache(layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """A ``DynamicCache`` of :class:`GrowingLayer` s holding copies of ``layers``' (keys, values)."""
+    cache = DynamicCache()
+    cache.layers = [GrowingLayer(keys, values) for keys, values in layers]
+    return cache
 
 
 class BatchedLMStepper:
@@ -188,9 +259,8 @@ class BatchedLMStepper:
         if state["layers"] is None:
             self.cache = None
         else:
-            self.cache = DynamicCache()
-            for index, (keys, values) in enumerate(state["layers"]):
-                self.cache.update(keys.to(self.device).clone(), values.to(self.device).clone(), index)
+            self.cache = _growing_cache([(keys.to(self.device), values.to(self.device)) for keys, values in
+                                         state["layers"]])
         self.mask = state["mask"].to(self.device).clone()
         self.positions = state["positions"].to(self.device).clone()
         self.tokens = [list(t) for t in state["tokens"]]
@@ -199,12 +269,10 @@ class BatchedLMStepper:
         """Write a prefilled cache for ``slots`` into the right end of the shared cache."""
         width = fresh_mask.shape[1]
         if self.cache is None:
-            self.cache = DynamicCache()
-            for layer in fresh.layers:
-                shape = (self.batch_size, *layer.keys.shape[1:2], 0, layer.keys.shape[-1])
-                empty_k = layer.keys.new_zeros(shape)
-                empty_v = layer.values.new_zeros((*shape[:-1], layer.values.shape[-1]))
-                self.cache.update(empty_k, empty_v, len(self.cache.layers))
+            self.cache = _growing_cache([
+                (layer.keys.new_zeros((self.batch_size, layer.keys.shape[1], 0, layer.keys.shape[-1])),
+                 layer.values.new_zeros((self.batch_size, layer.values.shape[1], 0, layer.values.shape[-1])))
+                for layer in fresh.layers])
         if width > self.cache_length:
             self._pad_left(width - self.cache_length)
         index = torch.as_tensor(slots, device=self.device)
@@ -221,10 +289,7 @@ class BatchedLMStepper:
 
     def _pad_left(self, n: int) -> None:
         for layer in self.cache.layers:
-            layer.keys = torch.cat([layer.keys.new_zeros((*layer.keys.shape[:2], n, layer.keys.shape[-1])),
-                                    layer.keys], dim=2)
-            layer.values = torch.cat([layer.values.new_zeros((*layer.values.shape[:2], n, layer.values.shape[-1])),
-                                      layer.values], dim=2)
+            layer.pad_left(n)
         self.mask = torch.cat([self.mask.new_zeros((self.batch_size, n)), self.mask], dim=1)
 
     def _trim(self) -> None:
@@ -238,8 +303,7 @@ class BatchedLMStepper:
         if cut == 0:
             return
         for layer in self.cache.layers:
-            layer.keys = layer.keys[:, :, cut:]
-            layer.values = layer.values[:, :, cut:]
+            layer.trim_left(cut)
         self.mask = self.mask[:, cut:]
 
 

@@ -129,7 +129,7 @@ class CriticFreeAlgorithm(SequenceOnPolicyAlgorithm):
                                                          "grad_norm")}
         for _ in range(self.n_epochs):
             for batch, scales in self.update_minibatches():
-                logprobs, entropy, _ = self.evaluate_batch(batch)
+                logprobs, entropy, _ = self.evaluate_batch(batch, entropy_grad=self.ent_coef != 0)
                 policy_loss, clip_fraction = self.policy_loss(logprobs, batch)
                 entropy_mean = masked_mean(entropy, batch.completion_mask)
                 with torch.no_grad():
