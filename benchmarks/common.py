@@ -238,9 +238,11 @@ def write_result(name: str, out_dir: Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (which must hold ``ratios``) to ``out_dir/name.json`` and print the ratios last."""
     assert "ratios" in payload, "every result has a top-level 'ratios' object"
     payload = {"benchmark": name, "command": " ".join([Path(sys.executable).name, *sys.argv]), **payload}
+    from text_envs.atomic import write_text_atomic  # here, not at the top: the TRL runner imports this module
+
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    write_text_atomic(path, json.dumps(payload, indent=2, default=float) + "\n")
     print(f"\nwrote {path}")
     print("ratios: " + json.dumps(payload["ratios"]))
     return path
