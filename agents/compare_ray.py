@@ -103,8 +103,9 @@ def _connect(ray: Any, workers: int | None, address: str | None, threads: int) -
                                "runtime_env": {"env_vars": _worker_env(threads, local=address is None)}}
     if address is None:
         # Ray nices its workers (15) below its own daemons; here they do all of the sweep's work: run them at the
-        # local backend's priority, not below every other process of the machine
-        ray.init(num_cpus=workers, _system_config={"worker_niceness": 0}, **options)
+        # local backend's priority, not below every other process of the machine. address="local": a new
+        # instance even when a cluster runs on this machine (ray.init() with no address would join that one)
+        ray.init(address="local", num_cpus=workers, _system_config={"worker_niceness": 0}, **options)
     else:
         ray.init(address=address, **options)
     return True

@@ -293,9 +293,10 @@ class TransformerPolicyCore:
         match = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         if self._previous is not None and last_actions is not None:
             prev_ids, prev_mask = self._previous
-            expected_ids = torch.cat([prev_ids[:, 1:], last_actions.long().view(-1, 1).to(ids.device)], dim=1)
-            expected_mask = torch.cat([prev_mask[:, 1:], torch.ones_like(prev_mask[:, :1])], dim=1)
-            match = (ids == expected_ids).all(1) & (mask == expected_mask).all(1) & (prev_mask[:, 0] == 0)
+            if prev_ids.shape == ids.shape:  # the observation shifted left by one, the last action at the end
+                match = ((ids[:, :-1] == prev_ids[:, 1:]).all(1) & (mask[:, :-1] == prev_mask[:, 1:]).all(1)
+                         & (ids[:, -1] == last_actions.long().view(-1).to(ids.device)) & (mask[:, -1] == 1)
+                         & (prev_mask[:, 0] == 0))
         with self._autocast():
             if bool(match.all()):  # steady state: every slot continues, no scatter needed
                 out = self._stepper.step(last_actions.long().view(-1).to(ids.device), active=match)

@@ -168,6 +168,42 @@ def test_vector_env_matches_single_envs_and_reports_agent_masks():
                 return
 
 
+def test_incremental_observations_equal_the_full_rendering_across_turns_resets_and_restores():
+    """The vector env's observations and agent masks are updated incrementally (rows shifted by the new tokens);
+    they must equal the per-slot rendering from scratch at every step: through replies, autoresets, a
+    rejected step and a restored checkpoint."""
+    vector = gym.make_vec("TextChat-v0", num_envs=3, vectorization_mode="vector_entry_point",
+                          max_turn_tokens=3, max_episode_tokens=96, kl_coef=0.05)
+    batch = vector.unwrapped.batch
+    obs, info = vector.reset(seed=3)
+    rng = np.random.default_rng(1)
+    saved, resets, replies = None, 0, 0
+
+    def assert_rendered(obs, info):
+        for slot in range(3):
+            full = batch.observation(slot)
+            np.testing.assert_array_equal(obs["input_ids"][slot], full["input_ids"])
+            np.testing.assert_array_equal(obs["attention_mask"][slot], full["attention_mask"])
+            np.testing.assert_array_equal(info["agent_mask"][slot], batch.agent_mask(slot))
+
+    assert_rendered(obs, info)
+    for step in range(60):
+        if step == 20:
+            saved = batch.get_state()
+        if step == 35:
+            batch.set_state(saved)  # new SlotState objects: every row is rendered again
+            obs = batch.observations()
+            info = {"agent_mask": batch.agent_masks()}
+            assert_rendered(obs, info)
+        obs, _, done, _, info = vector.step(rng.integers(0, 4096, size=3))
+        resets += int(done.sum())
+        replies += sum(bool(batch.slots[slot].env_positions) for slot in range(3))
+        assert_rendered(obs, info)
+        obs["input_ids"][:] = 0  # the caller owns the arrays it gets: mutating them changes nothing inside
+        info["agent_mask"][:] = 0
+    assert resets >= 3 and replies >= 10
+
+
 # ------------------------------------------------------------------------------------- transactions
 def test_a_failing_responder_leaves_the_env_as_it_was(micro_dir):
     env = TextChatEnv(**micro_chat(micro_dir, responder=lambda: SayA(fail_on_turn=2), max_turn_tokens=1,

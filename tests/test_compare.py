@@ -214,6 +214,8 @@ def test_compare_records_configuration_versions_and_statistics(tiny_gpt2_dir, tm
         assert row["torch_version"] == version("torch") and row["gymnasium_version"] == version("gymnasium")
         assert row["transformers_version"] == version("transformers")
         assert row["stable_baselines3_version"] == version("stable-baselines3")
+        assert row["numpy_version"] == version("numpy") and row["peft_version"] == version("peft")
+        assert row["rliable_version"] == version("rliable") and row["ray_version"] == version("ray")
         assert row["text_envs_version"] == __version__
     assert json.loads(rows[-1]["hyperparams"])["loss_type"] == "dapo"
     summary = result.summary_markdown

@@ -96,6 +96,78 @@ def test_ray_sweep_matches_the_local_backend_and_resumes(tiny_gpt2_dir, tmp_path
     assert cmp.compare(**sweep(tiny_gpt2_dir, ray_out)).counts == {"reused": 4, "resumed": 0, "trained": 0}
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def ray_cluster():
+    """A one-node Ray cluster started the way a user starts one (``ray start --head``), stopped at the end by
+    signalling that command only (never ``ray stop``, which would stop every Ray instance of the machine).
+    ``RAY_AUTH_MODE=disabled``: since Ray 2.5x ``ray start`` turns token authentication on, and a driver then needs
+    the cluster's token (README, Comparing algorithms); what is tested here is joining, not Ray's auth."""
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    pytest.importorskip("ray")
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayh")  # short: Ray's Unix socket paths live under it (108-byte limit)
+    head = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+                             f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if head.poll() is not None or time.monotonic() > deadline:
+            os.killpg(head.pid, signal.SIGKILL)
+            pytest.fail(f"ray start --head exited or did not listen on port {port} within 60 s")
+        time.sleep(0.5)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.terminate()  # `ray start --block` stops the processes it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)  # anything of its group still running
+        except ProcessLookupError:
+            pass
+        head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_address_joins_a_running_cluster_and_no_address_starts_its_own(ray_cluster, tiny_gpt2_dir, tmp_path,
+                                                                       monkeypatch):
+    ray = compare_ray.require_ray()
+    small = {"algos": "grpo", "seeds": 1}
+    local = cmp.compare(**{**sweep(tiny_gpt2_dir, tmp_path / "local"), **small})
+    joined = cmp.compare(**{**sweep(tiny_gpt2_dir, tmp_path / "joined"), **small, "backend": "ray",
+                            "address": ray_cluster})
+    assert joined.counts == {"reused": 0, "resumed": 0, "trained": 1}
+    assert csv_rows(local.results_csv) == csv_rows(joined.results_csv)
+    assert not ray.is_initialized()  # the driver disconnected; the cluster itself keeps running
+    # with a cluster running and advertised (RAY_ADDRESS, or /tmp/ray's latest cluster), no address still means a
+    # new local instance of `workers` CPUs (Ray's own default would join that cluster, where num_cpus is refused)
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster)
+    own = cmp.compare(**{**sweep(tiny_gpt2_dir, tmp_path / "own"), **small, "backend": "ray", "workers": 1})
+    assert csv_rows(local.results_csv) == csv_rows(own.results_csv)
+
+
 @pytest.mark.slow
 def test_a_dead_worker_is_retried_and_resumes_from_its_checkpoint(tiny_gpt2_dir, tmp_path, monkeypatch):
     pytest.importorskip("ray")

@@ -47,6 +47,27 @@ def test_trim_and_pad_left():
     assert bool((layer._keys[0, :, layer._end - 1] == 7.0).all())
 
 
+@pytest.mark.parametrize("operation", ["crop", "reorder_cache", "batch_select_indices", "batch_repeat_interleave"])
+def test_keys_reassigned_by_hugging_face_methods_are_adopted(operation):
+    """DynamicLayer's crop / beam-search reorder / batch selection reassign ``keys`` and ``values``: the layer
+    must keep growing from what they were set to, exactly like the concatenating layer."""
+    keys, values = _states(5)
+    growing, plain = GrowingLayer(keys, values), DynamicLayer()
+    plain.lazy_initialization(keys, values)
+    plain.keys, plain.values = keys.clone(), values.clone()
+    argument = {"crop": -2, "reorder_cache": torch.tensor([1, 0]), "batch_select_indices": torch.tensor([1]),
+                "batch_repeat_interleave": 2}[operation]
+    for layer in (growing, plain):
+        getattr(layer, operation)(argument)
+    for step in range(20):  # past the spare room: the adopted content survives a reallocation
+        new_k, new_v = _states(1, start=1000.0 + step)
+        new_k, new_v = new_k[:1].expand(plain.keys.shape[0], -1, -1, -1), new_v[:1].expand(plain.keys.shape[0], -1, -1, -1)
+        out_growing, out_plain = growing.update(new_k, new_v), plain.update(new_k, new_v)
+        assert torch.equal(out_growing[0], out_plain[0]) and torch.equal(out_growing[1], out_plain[1])
+    growing.trim_left(1)
+    assert torch.equal(growing.keys, plain.keys[:, :, 1:])
+
+
 class _ConcatenatingLayer(DynamicLayer):
     """The previous layer: Hugging Face's concatenation, trimmed and padded by slicing and concatenating."""
 

@@ -183,6 +183,8 @@ class EpisodeBatch:
         self.stepper = BatchedLMStepper(reference, batch_size, self.pad_id) if stepped else None
         self.ref_logprobs: torch.Tensor | None = None  # (B, V) log pi_ref(. | s_t) of the current state
         self.slots = [SlotState() for _ in range(batch_size)]
+        # observations rendered so far: ids, mask, agent mask (B, window) and, per slot, (its state, tokens drawn)
+        self._rendered: tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[SlotState | None, int]]] | None = None
         self._kl_coef = 0.0
         self.kl_coef = kl_coef
 
@@ -310,11 +312,8 @@ class EpisodeBatch:
         return mask
 
     def agent_masks(self) -> np.ndarray:
-        """:meth:`agent_mask` of every slot, stacked: int8 ``(B, window)``."""
-        masks = np.zeros((self.batch_size, self.window), dtype=np.int8)
-        for state, row in zip(self.slots, masks):
-            self._write_agent_mask(state, row)
-        return masks
+        """:meth:`agent_mask` of every slot, stacked: int8 ``(B, window)`` (a fresh array)."""
+        return self._render()[2].copy()
 
     def _write_agent_mask(self, state: SlotState, row: np.ndarray) -> None:
         if state.generated:
@@ -324,17 +323,50 @@ class EpisodeBatch:
                 row[start + np.asarray(state.env_positions)] = 0
 
     def observations(self) -> dict[str, np.ndarray]:
-        """Observations of all slots stacked: ``(B, window)`` arrays (what :meth:`observation` gives per slot,
-        written row by row into two arrays)."""
-        ids = np.full((self.batch_size, self.window), self.pad_id, dtype=np.int64)
-        mask = np.zeros((self.batch_size, self.window), dtype=np.int64)
+        """Observations of all slots stacked: ``(B, window)`` arrays (what :meth:`observation` gives per slot;
+        fresh arrays)."""
+        ids, mask, _ = self._render()
+        return {"input_ids": ids.copy(), "attention_mask": mask.copy()}
+
+    def _render(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The batch's observation ``ids``, ``mask`` (int64) and agent mask (int8), all ``(B, window)``, kept up to
+        date incrementally: a slot whose episode only grew since the last call has its row shifted left by the
+        new tokens, which are written at the end (O(new tokens) Python work per step, not O(episode)); a slot
+        with a new episode (a new :class:`SlotState`) is rewritten whole. Internal buffers: callers copy."""
+        if self._rendered is None:
+            self._rendered = (np.full((self.batch_size, self.window), self.pad_id, dtype=np.int64),
+                              np.zeros((self.batch_size, self.window), dtype=np.int64),
+                              np.zeros((self.batch_size, self.window), dtype=np.int8),
+                              [(None, 0)] * self.batch_size)
+        ids, mask, agent, owners = self._rendered
         for slot, state in enumerate(self.slots):
-            start = self.window - len(state.prompt_ids) - len(state.generated)
-            ids[slot, start:start + len(state.prompt_ids)] = state.prompt_ids
-            if state.generated:
-                ids[slot, start + len(state.prompt_ids):] = state.generated
-            mask[slot, start:] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+            owner, done = owners[slot]
+            length = len(state.generated)
+            if owner is state and done <= length:
+                new = length - done
+                if new:
+                    ids[slot, :-new] = ids[slot, new:]
+                    mask[slot, :-new] = mask[slot, new:]
+                    agent[slot, :-new] = agent[slot, new:]
+                    ids[slot, -new:] = state.generated[done:]
+                    mask[slot, -new:] = 1
+                    agent[slot, -new:] = 1
+                    for position in reversed(state.env_positions):  # the responder's tokens among the new ones
+                        if position < done:
+                            break
+                        agent[slot, position - length] = 0
+            else:
+                start = self.window - len(state.prompt_ids) - length
+                ids[slot] = self.pad_id
+                ids[slot, start:start + len(state.prompt_ids)] = state.prompt_ids
+                if length:
+                    ids[slot, start + len(state.prompt_ids):] = state.generated
+                mask[slot] = 0
+                mask[slot, start:] = 1
+                agent[slot] = 0
+                self._write_agent_mask(state, agent[slot])
+            owners[slot] = (state, length)
+        return ids, mask, agent
 
     def completion_text(self, slot: int) -> str:
         """Decoded completion of a slot, without the final EOS or other special tokens."""

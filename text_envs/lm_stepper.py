@@ -93,7 +93,10 @@ class GrowingLayer(DynamicLayer):
 
     :meth:`update` (what the model's attention calls) writes the new columns in place and reallocates, doubling
     the live length, only when the buffer is full; :meth:`trim_left` and :meth:`pad_left` move ``start``.
-    In-place writes to ``keys`` / ``values`` (the stepper's slot merges) write through to the buffers.
+    In-place writes to ``keys`` / ``values`` (the stepper's slot merges) write through to the buffers; a
+    ``keys`` / ``values`` *reassigned* from outside (``DynamicLayer.crop``, ``reorder_cache``,
+    ``batch_select_indices``, ``batch_repeat_interleave``: beam search, assisted decoding) is adopted as the new
+    content at the next :meth:`update`, :meth:`trim_left` or :meth:`pad_left`.
     """
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, spare: int = 16) -> None:
@@ -115,10 +118,17 @@ class GrowingLayer(DynamicLayer):
     def _expose(self) -> None:
         self.keys = self._keys[:, :, self._start:self._end]
         self.values = self._values[:, :, self._start:self._end]
+        self._exposed = (self.keys, self.values)
+
+    def _adopt(self) -> None:
+        """If ``keys`` / ``values`` were reassigned since :meth:`_expose`, make them the buffers' content."""
+        if self.keys is not self._exposed[0] or self.values is not self._exposed[1]:
+            self._reallocate(self.keys, self.values, left=0, right=16)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Append the new columns ``(B, H, n, D)``; returns the live keys and values (views)."""
+        self._adopt()
         width = key_states.shape[-2]
         if self._end + width > self._keys.shape[2]:
             live = self._end - self._start
@@ -131,11 +141,13 @@ class GrowingLayer(DynamicLayer):
 
     def trim_left(self, columns: int) -> None:
         """Drop the ``columns`` oldest live columns (no copy)."""
+        self._adopt()
         self._start += columns
         self._expose()
 
     def pad_left(self, columns: int) -> None:
         """Prepend ``columns`` zero columns (in place when the buffer has room on the left)."""
+        self._adopt()
         if columns <= self._start:
             self._keys[:, :, self._start - columns:self._start] = 0
             self._values[:, :, self._start - columns:self._start] = 0
@@ -208,16 +220,22 @@ class BatchedLMStepper:
         """Append ``tokens`` ``(B,)`` to every slot; slots with ``active == False`` are masked out."""
         if self.cache is None:
             raise RuntimeError("step() before prefill(): every slot needs a prefix first")
-        active = torch.ones(self.batch_size, dtype=torch.bool, device=self.device) if active is None else active
-        active = active.to(self.device)
-        tokens = torch.where(active, tokens.to(self.device), torch.full_like(tokens, self.pad_id, device=self.device))
-        self.mask = torch.cat([self.mask, active.long()[:, None]], dim=1)
+        tokens = tokens.to(self.device)
+        flags = [True] * self.batch_size if active is None else active.tolist()
+        if all(flags):  # the common case: every slot continues (no masked column, nothing to trim)
+            column = torch.ones((self.batch_size, 1), dtype=torch.long, device=self.device)
+        else:
+            active = active.to(self.device)
+            tokens = torch.where(active, tokens, torch.full_like(tokens, self.pad_id))
+            column = active.long()[:, None]
+        self.mask = torch.cat([self.mask, column], dim=1)
         out = self._forward(tokens[:, None], self.mask, self.positions[:, None], self.cache)
-        self.positions = self.positions + active.long()
-        values = tokens.tolist()
-        for slot in torch.nonzero(active).flatten().tolist():
-            self.tokens[slot].append(values[slot])
-        self._trim()
+        self.positions = self.positions + column[:, 0]
+        for slot_tokens, value, flag in zip(self.tokens, tokens.tolist(), flags):
+            if flag:
+                slot_tokens.append(value)
+        if not all(flags):
+            self._trim()
         return out
 
     @torch.no_grad()
