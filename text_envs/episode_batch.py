@@ -355,16 +355,9 @@ class EpisodeBatch:
                         if position < done:
                             break
                         agent[slot, position - length] = 0
-            else:
-                start = self.window - len(state.prompt_ids) - length
-                ids[slot] = self.pad_id
-                ids[slot, start:start + len(state.prompt_ids)] = state.prompt_ids
-                if length:
-                    ids[slot, start + len(state.prompt_ids):] = state.generated
-                mask[slot] = 0
-                mask[slot, start:] = 1
-                agent[slot] = 0
-                self._write_agent_mask(state, agent[slot])
+            else:  # a new episode (or a restored state): the row from scratch
+                full = self.observation(slot)
+                ids[slot], mask[slot], agent[slot] = full["input_ids"], full["attention_mask"], self.agent_mask(slot)
             owners[slot] = (state, length)
         return ids, mask, agent
 

@@ -222,7 +222,8 @@ class BatchedLMStepper:
             raise RuntimeError("step() before prefill(): every slot needs a prefix first")
         tokens = tokens.to(self.device)
         flags = [True] * self.batch_size if active is None else active.tolist()
-        if all(flags):  # the common case: every slot continues (no masked column, nothing to trim)
+        every = all(flags)
+        if every:  # the common case: every slot continues (no masked column, nothing to trim)
             column = torch.ones((self.batch_size, 1), dtype=torch.long, device=self.device)
         else:
             active = active.to(self.device)
@@ -234,7 +235,7 @@ class BatchedLMStepper:
         for slot_tokens, value, flag in zip(self.tokens, tokens.tolist(), flags):
             if flag:
                 slot_tokens.append(value)
-        if not all(flags):
+        if not every:
             self._trim()
         return out
 
