@@ -158,20 +158,21 @@ class SequenceRolloutBuffer:
             rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]], kl_coef: float) -> list[Episode]:
         """Record one vector step taken from ``obs``; returns the episodes that finished on it."""
         finished = []
-        lengths = obs["attention_mask"].sum(-1)  # (B,) real tokens of each observation
-        for slot in range(self.num_envs):
+        lengths = obs["attention_mask"].sum(-1).tolist()  # (B,) real tokens of each observation
+        columns = zip(*(np.asarray(column).tolist() for column in (actions, logprobs, values, rewards, dones)))
+        for slot, (action, logprob, value, reward, done) in enumerate(columns):  # Python scalars, not numpy's
             episode = self.running[slot]
             if episode is None:
                 real = obs["attention_mask"][slot].astype(bool)
                 episode = self.running[slot] = Episode(prompt_ids=obs["input_ids"][slot][real].astype(int).tolist())
             else:
                 self._record_env_tokens(episode, obs["input_ids"][slot], int(lengths[slot]))
-            episode.actions.append(int(actions[slot]))
-            episode.logprobs.append(float(logprobs[slot]))
-            episode.values.append(float(values[slot]))
-            episode.rewards.append(float(rewards[slot]))
+            episode.actions.append(int(action))
+            episode.logprobs.append(float(logprob))
+            episode.values.append(float(value))
+            episode.rewards.append(float(reward))
             episode.kl_coefs.append(float(kl_coef))
-            if dones[slot]:
+            if done:
                 episode.info = {k: v for k, v in infos[slot].items() if k != "terminal_observation"}
                 if "ref_logprobs" in episode.info:  # kl_penalty="deferred": per-token rewards as the dense mode's
                     episode.rewards = redistribute_deferred_kl(episode.rewards, episode.kl_coefs,

@@ -73,7 +73,7 @@ def _as_token_tensors(obs: PyTorchObs, vocab_size: int) -> tuple[torch.Tensor, t
         if tensor.is_floating_point() and not bool((tensor == tensor.round()).all()):
             raise InvalidObservationError(f"{name} must hold integers, got non-integer values (normalised "
                                           "observations? token ids must reach the policy unchanged)")
-        low_value, high_value = int(tensor.min()), int(tensor.max())
+        low_value, high_value = (int(value) for value in torch.aminmax(tensor))
         if low_value < 0 or high_value > high:
             raise InvalidObservationError(f"{name} must lie in 0..{high}, got values in {low_value}..{high_value}")
     return ids.long(), mask.long()
@@ -224,7 +224,7 @@ class TransformerPolicyCore:
         ``torch.autocast``: this runs at every rollout step)."""
         if self.dtype_option not in ("auto", "bfloat16"):
             return contextlib.nullcontext()
-        device = next(self.lm.parameters()).device
+        device = self.value_head.weight.device  # the policy moves as a whole (SB3's .to(device))
         if device.type != "cuda":
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -290,18 +290,22 @@ class TransformerPolicyCore:
         if self._stepper is None or self._stepper.batch_size != batch or self.value_model is not None:
             self._stepper = BatchedLMStepper(self.lm, batch, int(self.tokenizer.pad_token_id), output_hidden=True)
             self._previous = None
-        match = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+        match: torch.Tensor | None = None
         if self._previous is not None and last_actions is not None:
             prev_ids, prev_mask = self._previous
             if prev_ids.shape == ids.shape:  # the observation shifted left by one, the last action at the end
+                actions = last_actions.long().view(-1).to(ids.device)
+                if (torch.equal(ids[:, :-1], prev_ids[:, 1:]) and torch.equal(mask[:, :-1], prev_mask[:, 1:])
+                        and torch.equal(ids[:, -1], actions) and bool(mask[:, -1].all())
+                        and not bool(prev_mask[:, 0].any())):  # steady state: every slot continues (whole-batch test)
+                    with self._autocast():
+                        out = self._stepper.step(actions)
+                    self._previous = (ids, mask)
+                    return LMOutput(out.logits, self.value_head(out.hidden).squeeze(-1))
                 match = ((ids[:, :-1] == prev_ids[:, 1:]).all(1) & (mask[:, :-1] == prev_mask[:, 1:]).all(1)
-                         & (ids[:, -1] == last_actions.long().view(-1).to(ids.device)) & (mask[:, -1] == 1)
-                         & (prev_mask[:, 0] == 0))
-        with self._autocast():
-            if bool(match.all()):  # steady state: every slot continues, no scatter needed
-                out = self._stepper.step(last_actions.long().view(-1).to(ids.device), active=match)
-                self._previous = (ids, mask)
-                return LMOutput(out.logits, self.value_head(out.hidden).squeeze(-1))
+                         & (ids[:, -1] == actions) & (mask[:, -1] == 1) & (prev_mask[:, 0] == 0))
+        if match is None:
+            match = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         logits = torch.empty((batch, self.lm.get_output_embeddings().weight.shape[0]), device=ids.device)
         hidden = torch.empty((batch, self.value_head.in_features), device=ids.device)
         chunks = self._continuations(ids, mask, match, last_actions)

@@ -100,3 +100,16 @@ def tests_write_only_under_temporary_folders():
         new = sorted(after - before)
         assert not new, f"tests wrote inside the repository: {new[:10]}"
 
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sb3_default_log_folder(tmp_path_factory: pytest.TempPathFactory):
+    """SB3's ``learn()`` without a logger makes an (empty) ``$TMPDIR/SB3-<timestamp>`` folder per call; point it
+    into pytest's temporary folders (``SB3_LOGDIR``) so that a test session leaves no folders behind."""
+    saved = os.environ.get("SB3_LOGDIR")
+    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3-logs"))
+    yield
+    if saved is None:
+        os.environ.pop("SB3_LOGDIR", None)
+    else:
+        os.environ["SB3_LOGDIR"] = saved

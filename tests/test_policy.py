@@ -64,6 +64,28 @@ def test_kv_cached_rollout_equals_uncached_forward(fixture, request):
     assert policy._stepper.cache_length <= env.observation_space["input_ids"].shape[0]
 
 
+@pytest.mark.parametrize("changed_slots", [[0], [0, 1, 2]])
+def test_an_observation_that_does_not_continue_the_previous_one_is_not_stepped(tiny_gpt2_dir, changed_slots):
+    """Same shape, same mask shift and the last action at the end, but an earlier token differs: those slots
+    must be re-prefilled (the whole-batch steady-state test and the per-slot match both see it)."""
+    env = vec_env(tiny_gpt2_dir, n=3, env_kwargs={"max_new_tokens": 6})
+    policy = make_policy(env, tiny_gpt2_dir)
+    obs = env.reset()
+    with torch.no_grad():
+        actions, _, _ = policy(obs_as_tensor(obs, "cpu"))
+    obs, _, _, _ = env.step(actions.numpy())
+    edited = {key: value.copy() for key, value in obs.items()}
+    for slot in changed_slots:
+        first_real = int(edited["attention_mask"][slot].argmax())
+        edited["input_ids"][slot, first_real] = (edited["input_ids"][slot, first_real] + 1) % env.action_space.n
+    tensor_obs = obs_as_tensor(edited, "cpu")
+    with torch.no_grad():
+        cached = policy._cached_forward(tensor_obs, policy._last_actions)
+        uncached = policy.lm_forward(tensor_obs)
+    assert torch.allclose(cached.logits, uncached.logits, atol=1e-4)
+    assert torch.allclose(cached.values, uncached.values, atol=1e-4)
+
+
 def test_cache_feeds_one_token_per_matching_slot(tiny_gpt2_dir):
     env = vec_env(tiny_gpt2_dir, n=2, env_kwargs={"max_new_tokens": 6})
     policy = make_policy(env, tiny_gpt2_dir)

@@ -339,12 +339,15 @@ class EpisodeBatch:
                               np.zeros((self.batch_size, self.window), dtype=np.int8),
                               [(None, 0)] * self.batch_size)
         ids, mask, agent, owners = self._rendered
+        one_more: list[int] = []  # slots whose only new token is an agent token: shifted together below
         for slot, state in enumerate(self.slots):
             owner, done = owners[slot]
             length = len(state.generated)
             if owner is state and done <= length:
                 new = length - done
-                if new:
+                if new == 1 and not (state.env_positions and state.env_positions[-1] >= done):
+                    one_more.append(slot)
+                elif new:
                     ids[slot, :-new] = ids[slot, new:]
                     mask[slot, :-new] = mask[slot, new:]
                     agent[slot, :-new] = agent[slot, new:]
@@ -359,6 +362,13 @@ class EpisodeBatch:
                 full = self.observation(slot)
                 ids[slot], mask[slot], agent[slot] = full["input_ids"], full["attention_mask"], self.agent_mask(slot)
             owners[slot] = (state, length)
+        if one_more:  # the steady state: one vectorised shift instead of a row at a time
+            rows: slice | np.ndarray = slice(None) if len(one_more) == self.batch_size else np.asarray(one_more)
+            for array in (ids, mask, agent):
+                array[rows, :-1] = array[rows, 1:]
+            ids[rows, -1] = [self.slots[slot].generated[-1] for slot in one_more]
+            mask[rows, -1] = 1
+            agent[rows, -1] = 1
         return ids, mask, agent
 
     def completion_text(self, slot: int) -> str:
@@ -419,10 +429,9 @@ class EpisodeBatch:
             restart(finished)  # may raise (a responder's reset...): still nothing changed
         # ---- commit: nothing below raises for valid input
         rewards = self.kl_coef * ref_logp if self.kl_penalty == "dense" else np.zeros(self.batch_size)
-        for slot, action in enumerate(actions):
-            state = self.slots[slot]
-            state.generated.append(int(action))
-            state.ref_logprob_sum += float(ref_logp[slot])
+        for state, action, logp in zip(self.slots, actions.tolist(), ref_logp.tolist()):
+            state.generated.append(action)
+            state.ref_logprob_sum += logp
         for slot, answer in pending.items():
             rewards[slot] += answer.turn.reward
             self._commit_turn(self.slots[slot], answer)
@@ -439,12 +448,13 @@ class EpisodeBatch:
             if self.kl_penalty == "deferred" and slot in per_token:
                 infos[slot]["ref_logprobs"] = per_token[slot]
         if self.stepper is not None and not done.all():
-            chunks = [[] if done[slot] else [int(actions[slot])] + (pending[slot].chunk if slot in pending else [])
-                      for slot in range(self.batch_size)]
-            if any(len(chunk) > 1 for chunk in chunks):  # a responder's reply: one prefill of the new chunk
+            if any(answer.chunk and not done[slot] for slot, answer in pending.items()):
+                chunks = [[] if done[slot] else [int(actions[slot])] + (pending[slot].chunk if slot in pending else [])
+                          for slot in range(self.batch_size)]  # a responder's reply: one prefill of the new chunk
                 logits = self.stepper.extend(chunks).logits
             else:
-                logits = self.stepper.step(torch.as_tensor(actions), torch.as_tensor(~done)).logits
+                active = torch.as_tensor(~done) if done.any() else None
+                logits = self.stepper.step(torch.as_tensor(actions), active).logits
             self.ref_logprobs = torch.log_softmax(logits, -1)
         return rewards, done, infos
 

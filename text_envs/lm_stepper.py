@@ -187,6 +187,7 @@ class BatchedLMStepper:
         self.device = next(model.parameters()).device
         self.mask = torch.zeros((batch_size, 0), dtype=torch.long, device=self.device)  # (B, T)
         self.positions = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # (B,) real tokens so far
+        self._ones = torch.ones((batch_size, 1), dtype=torch.long, device=self.device)  # (B, 1): step()'s column
         self.tokens: list[list[int]] = [[] for _ in range(batch_size)]  # what each slot has consumed
 
     @property
@@ -224,7 +225,7 @@ class BatchedLMStepper:
         flags = [True] * self.batch_size if active is None else active.tolist()
         every = all(flags)
         if every:  # the common case: every slot continues (no masked column, nothing to trim)
-            column = torch.ones((self.batch_size, 1), dtype=torch.long, device=self.device)
+            column = self._ones
         else:
             active = active.to(self.device)
             tokens = torch.where(active, tokens, torch.full_like(tokens, self.pad_id))
