@@ -24,7 +24,7 @@ test-deps:
 	bash scripts/install_test_deps.sh "$(PYTHON)" "$(LOCK)"
 
 test: test-deps
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # refresh requirements/lock.txt after changing a range in pyproject.toml (needs uv)
 lock:

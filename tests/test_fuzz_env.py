@@ -34,6 +34,10 @@ from text_envs.vector_env import TextGenVectorEnv
 
 VOCAB = len(MICRO_VOCAB)
 EOS = MICRO_VOCAB["</s>"]
+#: every test of this module on one xdist worker (``make test`` runs ``--dist loadgroup``): the count check at the
+#: end reads the outcomes the other tests of the module recorded in this process
+pytestmark = pytest.mark.xdist_group("fuzz-env")
+
 OUTCOMES: Counter = Counter()
 FUZZ_SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                          suppress_health_check=list(HealthCheck))
