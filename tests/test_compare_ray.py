@@ -213,3 +213,19 @@ def test_a_task_that_raises_is_not_retried_and_its_error_surfaces(tmp_path, monk
         cmp.compare(**sweep(Path("unused"), tmp_path / "cmp", algos="grpo", backend="ray", workers=2))
     assert 1 <= len(list(attempts.iterdir())) <= 2  # each task ran once at most (no retry of an exception)
     assert not list((tmp_path / "cmp" / "runs").iterdir()) and not compare_ray.require_ray().is_initialized()
+
+
+@pytest.mark.slow
+def test_workers_import_what_a_run_needs_when_they_start(monkeypatch):
+    pytest.importorskip("ray")
+    modules = compare_ray.WARM_MODULES
+
+    def imported_before_the_task(run_kwargs, threads):
+        import sys
+
+        return {name: name in sys.modules for name in modules}
+
+    monkeypatch.setattr(compare_ray, "_train", imported_before_the_task)
+    records = []
+    compare_ray.run_jobs([{}], lambda index, record: records.append(record), workers=1)
+    assert records == [dict.fromkeys(modules, True)]  # warm_worker ran as the worker process started
