@@ -67,16 +67,15 @@ def machine() -> str:
     it dispatches to) and the first 8 hex digits of the SHA-256 of the CPU's sorted feature flags."""
     import torch
 
-    model, flags = platform.processor() or "unknown CPU", ""
+    info: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first CPU's lines (Linux)
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("unknown CPU", platform.machine()):
-                model = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = " ".join(sorted(value.split()))
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    model = info.get("model name") or platform.processor() or "unknown CPU"
+    flags = " ".join(sorted((info.get("flags") or info.get("Features") or "").split()))
     digest = hashlib.sha256(flags.encode()).hexdigest()[:8]
     return (f"{model} ({platform.machine()}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}, "
             f"CPU flags {digest})")
