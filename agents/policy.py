@@ -39,7 +39,7 @@ from transformers import AutoModel, PreTrainedModel
 from agents.lora import LoraSettings
 from agents.rl_math import process_logits
 from text_envs.errors import ConfigError, InvalidObservationError
-from text_envs.lm_stepper import BatchedLMStepper, positions_from_mask
+from text_envs.lm_stepper import BatchedLMStepper, positions_from_mask, takes_column_indices
 from text_envs.models import check_vocabulary, load_model, load_tokenizer, quiet_transformers
 from text_envs.validation import check_bool
 
@@ -100,6 +100,19 @@ def _sample(distribution: Distribution, deterministic: bool) -> torch.Tensor:
     cdf = probs.cumsum(-1)
     draw = torch.rand((*cdf.shape[:-1], 1), device=cdf.device, dtype=cdf.dtype) * cdf[..., -1:]
     return torch.searchsorted(cdf, draw, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
+
+
+def optimizer_options(optimizer_class: type[torch.optim.Optimizer], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments the policy builds its optimizer with: ``kwargs``, plus ``fused=True`` for PyTorch's
+    ``Adam`` / ``AdamW`` unless ``kwargs`` chooses an implementation (``fused`` or ``foreach``).
+
+    The fused kernel does the same update (to float rounding) over all parameters at once instead of PyTorch's
+    CPU default, a Python loop over them (``benchmarks/fixes.py`` measures the update before and after); it
+    exists on every device the policy runs on (CPU, CUDA, MPS).
+    """
+    if optimizer_class in (torch.optim.Adam, torch.optim.AdamW) and not {"fused", "foreach"} & kwargs.keys():
+        return {**kwargs, "fused": True}
+    return dict(kwargs)
 
 
 def _disable_dropout(module: nn.Module) -> None:
@@ -230,19 +243,28 @@ class TransformerPolicyCore:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
     # ----------------------------------------------------------------------------- uncached forwards
-    def _trunk(self, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _trunk(self, ids: torch.Tensor, mask: torch.Tensor, keep: int,
+               drop_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward: logits of the last ``keep`` positions ``(B, keep, V)`` and value-trunk hidden
-        states of the same positions ``(B, keep, H)``."""
+        states of the same positions ``(B, keep, H)``; with ``drop_last``, of the ``keep - 1`` positions before
+        the last one (no LM head on the last column, and, where the model takes column indices as
+        ``logits_to_keep``, no slice of the logits whose backward would write a vocabulary-sized zero tensor)."""
         positions = positions_from_mask(mask)
+        width = ids.shape[1]
+        stop = width - 1 if drop_last else width
+        logits_to_keep: int | torch.Tensor = keep
+        if drop_last and takes_column_indices(self.lm):
+            logits_to_keep = torch.arange(width - keep, stop, device=ids.device)  # (keep - 1,)
         with self._autocast():
-            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep,
+            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=logits_to_keep,
                           output_hidden_states=self.value_model is None, use_cache=False)
             if self.value_model is None:
-                hidden = out.hidden_states[-1][:, -keep:]
+                hidden = out.hidden_states[-1][:, width - keep:stop]
             else:
                 hidden = self.value_model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                          use_cache=False).last_hidden_state[:, -keep:]
-        return out.logits.float(), hidden.float()
+                                          use_cache=False).last_hidden_state[:, width - keep:stop]
+        logits = out.logits[:, :-1] if drop_last and isinstance(logits_to_keep, int) else out.logits
+        return logits.float(), hidden.float()
 
     def lm_forward(self, obs: PyTorchObs) -> LMOutput:
         """Logits ``(B, V)`` and values ``(B,)`` of the last real token, with one uncached forward."""
@@ -264,9 +286,9 @@ class TransformerPolicyCore:
         and the outputs predicting the actions are gathered, so they equal the per-step outputs of the rollout.
         """
         if action_positions is None:
-            logits, hidden = self._trunk(input_ids, attention_mask, keep=num_tokens + 1)
-            logits = process_logits(logits[:, :-1], self.temperature, self.top_k, self.top_p)
-            return LMOutput(logits, self.value_head(hidden[:, :-1]).squeeze(-1))
+            logits, hidden = self._trunk(input_ids, attention_mask, keep=num_tokens + 1, drop_last=True)
+            logits = process_logits(logits, self.temperature, self.top_k, self.top_p)
+            return LMOutput(logits, self.value_head(hidden).squeeze(-1))
         width = input_ids.shape[1]
         keep = width - int(action_positions.min()) + 1  # from the column before the first action on
         logits, hidden = self._trunk(input_ids, attention_mask, keep=keep)
@@ -361,7 +383,8 @@ class TransformerPolicyCore:
         self._build_lm()
         self.action_dist = self._distribution_class(self.action_space.n)
         trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]  # LoRA: no frozen base
-        self.optimizer = self.optimizer_class(trainable, lr=lr_schedule(1), **self.optimizer_kwargs)
+        self.optimizer = self.optimizer_class(trainable, lr=lr_schedule(1),
+                                              **optimizer_options(self.optimizer_class, self.optimizer_kwargs))
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()  # type: ignore[misc]

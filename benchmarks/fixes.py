@@ -12,6 +12,13 @@ same model, data and machine state, interleaved.
 2. **No entropy graph in the critic-free update when ``ent_coef == 0``** (``CriticFreeAlgorithm.train``): the
    entropy is then only logged, so it is computed without autograd (TokenPPO already did). Before: the entropy
    with its graph, hence its vocabulary-sized backward. Workload: ``GRPO.train()`` at batch 16 x 128 tokens.
+3. **The update's optimizer step and logits** (``agents.policy.optimizer_options``, ``TransformerPolicy._trunk``):
+   AdamW with PyTorch's fused kernel (one kernel over all parameters; PyTorch's CPU default is a Python loop
+   over them), and the teacher-forced forward asks the LM head for exactly the columns that predict the
+   completion (``logits_to_keep`` as column indices) instead of one more and a slice, whose backward wrote a
+   vocabulary-sized zero tensor. Before: a per-parameter AdamW (``foreach=False``, same hyperparameters) and
+   the count-plus-slice path. Workload: ``TokenPPO.train()`` (4 epochs) at batch 16 x ``--short-tokens`` (32),
+   the size of ``vs_trl.py``.
 
 Writes ``results/fixes.json``; ratios are after / before (tokens per second, wall clock and per CPU-second).
 """
@@ -76,38 +83,77 @@ def cache_fix(model_path: str, batch: int, new_tokens: int, repeats: int, seed: 
     return results
 
 
+def train_before_after(agent: Any, labels: tuple[str, str], repeats: int, use_old: Callable[[], None],
+                       restore: Callable[[], None]) -> dict[str, Any]:
+    """``agent.train()`` on its filled rollout buffer, timed with the old code path (switched on by ``use_old``,
+    off again by ``restore``) for "before", interleaved with the current one for "after"."""
+    tokens = agent.rollout_buffer.num_tokens * agent.n_epochs
+
+    def train(before: bool) -> Callable[[], int]:
+        def run() -> int:
+            if before:
+                use_old()
+            try:
+                agent.train()
+            finally:
+                restore()
+            return tokens
+        return run
+
+    results = common.interleaved({labels[0]: train(True), labels[1]: train(False)}, repeats)
+    agent.env.close()
+    return results
+
+
 def entropy_fix(model_path: str, batch: int, new_tokens: int, repeats: int, seed: int) -> dict[str, Any]:
     from agents.algos.base import SequenceOnPolicyAlgorithm
     from benchmarks.scaling import build_agents
 
     agent, callback = build_agents(model_path, batch, new_tokens, False, seed, ("grpo",))["grpo"]
     agent.collect_rollouts(agent.env, callback, agent.rollout_buffer, n_rollout_steps=agent.n_steps)
-    tokens = agent.rollout_buffer.num_tokens * agent.n_epochs
     original = SequenceOnPolicyAlgorithm.evaluate_batch
 
     def with_entropy_graph(self, batch_, entropy_grad: bool = True):
         return original(self, batch_, entropy_grad=True)
 
-    def train(patched: bool) -> Callable[[], int]:
-        def run() -> int:
-            if patched:
-                agent.evaluate_batch = with_entropy_graph.__get__(agent)
-            try:
-                agent.train()
-            finally:
-                agent.__dict__.pop("evaluate_batch", None)
-            return tokens
-        return run
+    def use_old() -> None:
+        agent.evaluate_batch = with_entropy_graph.__get__(agent)
 
-    results = common.interleaved({"before: entropy with its graph": train(True),
-                                  "after: entropy without graph (ent_coef == 0)": train(False)}, repeats)
-    agent.env.close()
-    return results
+    return train_before_after(agent, ("before: entropy with its graph", "after: entropy without graph (ent_coef == 0)"),
+                              repeats, use_old, restore=lambda: agent.__dict__.pop("evaluate_batch", None))
+
+
+def update_fix(model_path: str, batch: int, new_tokens: int, repeats: int, seed: int) -> dict[str, Any]:
+    import torch
+
+    from agents import policy as policy_module
+    from benchmarks.scaling import build_agents
+
+    agent, callback = build_agents(model_path, batch, new_tokens, False, seed, ("token-ppo",))["token-ppo"]
+    agent.n_epochs, agent.batch_size = 4, batch  # vs_trl.py's update: 4 epochs of one minibatch
+    agent.collect_rollouts(agent.env, callback, agent.rollout_buffer, n_rollout_steps=agent.n_steps)
+    fused = agent.policy.optimizer
+    group = {k: v for k, v in fused.param_groups[0].items() if k in ("lr", "betas", "eps", "weight_decay", "amsgrad")}
+    per_parameter = torch.optim.AdamW(fused.param_groups[0]["params"], **group, foreach=False)
+    index_columns = policy_module.takes_column_indices
+
+    def use_old() -> None:
+        agent.policy.optimizer = per_parameter
+        policy_module.takes_column_indices = lambda model: False
+
+    def restore() -> None:
+        agent.policy.optimizer = fused
+        policy_module.takes_column_indices = index_columns
+
+    return train_before_after(agent, ("before: per-parameter AdamW, logits of one more column, sliced",
+                                      "after: fused AdamW, logits of the completion's columns"),
+                              repeats, use_old, restore)
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = common.parser(__doc__.splitlines()[0], batch=16, new_tokens=128, repeats=5)
     p.add_argument("--long-tokens", type=int, default=512, help="new tokens of the KV-cache workload (default 512)")
+    p.add_argument("--short-tokens", type=int, default=32, help="new tokens of the update workload (default 32)")
     args = p.parse_args(argv)
     common.pin_threads(args.threads)
     bench = str(common.build_bench_model(tempfile.mkdtemp(prefix="bench-gpt2-1024-"), seed=args.seed,
@@ -117,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
                      cache_fix(bench, args.batch, args.long_tokens, args.repeats, args.seed)),
         "critic_free_entropy": (f"2. entropy: GRPO.train(), batch {args.batch} x {args.new_tokens} tokens",
                                 entropy_fix(bench, args.batch, args.new_tokens, args.repeats, args.seed)),
+        "update": (f"3. update: TokenPPO.train(), 4 epochs, batch {args.batch} x {args.short_tokens} tokens",
+                   update_fix(bench, args.batch, args.short_tokens, args.repeats, args.seed)),
     }
     ratios, cpu_ratios = {}, {}
     for key, (title, results) in sections.items():
@@ -125,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         ratios[f"{key}_after_vs_before"] = common.ratio(after, before)
         cpu_ratios[f"{key}_after_vs_before"] = common.cpu_ratio(after, before)
     payload = {"config": {"batch": args.batch, "new_tokens": args.new_tokens, "long_tokens": args.long_tokens,
+                          "short_tokens": args.short_tokens,
                           "repeats": args.repeats},
                "environment": common.environment(args.threads),
                "results": {key: results for key, (_, results) in sections.items()},

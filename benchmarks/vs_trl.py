@@ -20,9 +20,13 @@ KL term credited to the last token, which changes PPO's credit assignment; key `
 
 Each side runs in its own subprocess (TRL with the interpreter of its own virtual environment, see
 ``benchmarks/README.md``): one untimed warm-up run of one update, then ``--repeats`` timed runs of
-``--updates`` updates, each from a freshly built trainer. Peak RSS is that of the whole subprocess.
+``--updates`` updates, each from a freshly built trainer. Peak RSS is that of the whole subprocess. With
+``--rounds N`` this is done N times, our side and TRL's alternating in fresh subprocesses, and the statistics
+pool the samples of all rounds: a process's speed depends on the machine's state in that minute (TokenPPO's
+median moved by 13 % between two 7-repeat runs 13 minutes apart on an idle machine, 1,559 and 1,359 tokens/s),
+which one process per side cannot average out.
 
-    python benchmarks/vs_trl.py --threads 1 --batch 16 --new-tokens 32 --repeats 3 \\
+    python benchmarks/vs_trl.py --threads 1 --batch 16 --new-tokens 32 --repeats 3 --rounds 3 \\
         --trl-python /tmp/trl-ppo-venv/bin/python --trl-latest-python /tmp/trl-latest-venv/bin/python
     python benchmarks/vs_trl.py --skip-trl      # our side only (no TRL installed)
 """
@@ -112,10 +116,67 @@ def run_child(command: list[str], label: str) -> dict[str, Any] | None:
     return result
 
 
+def run_round(args: argparse.Namespace, algos: list[str], shared: list[str], notes: list[str]) -> dict[str, dict]:
+    """One round: for each algorithm our side, then TRL's, each in a fresh subprocess; their results by
+    ``"algo/ours"`` / ``"algo/trl"`` (notes about what was left out are appended to ``notes`` once)."""
+    results: dict[str, dict] = {}
+
+    def note(text: str) -> None:
+        if text not in notes:
+            notes.append(text)
+
+    for algo in algos:
+        ours_label, trl_label = PAIRS[algo]
+        child = CHILD[algo]
+        penalty = args.critic_free_kl_penalty if child != "ppo" else FIXED_PENALTY.get(algo, args.ppo_kl_penalty)
+        ours = run_child([sys.executable, str(HERE / "vs_trl.py"), "--child", child, *shared,
+                          "--epochs", str(args.epochs), "--critic-free-epochs", str(args.critic_free_epochs),
+                          "--group-size", str(args.group_size), "--kl-penalty", penalty], ours_label)
+        if ours and ours.get("missing"):
+            note(f"{algo}: agents.{algo.upper()} does not exist; left out")
+            continue
+        if ours:
+            results[f"{algo}/ours"] = ours
+        if args.skip_trl:
+            continue
+        if TRL_OF[algo] != algo:  # extra line: compared with the TRL run of its counterpart
+            if TRL_OF[algo] not in algos:
+                note(f"{algo}: compared with TRL's {TRL_OF[algo]} run, which --algos leaves out")
+            continue
+        python = args.trl_python if algo == "ppo" else args.trl_latest_python
+        if algo != "ppo" and not Path(python).exists():
+            python = args.trl_python
+        if not Path(python).exists():
+            note(f"{algo}: no TRL interpreter at {python}; TRL side skipped")
+            continue
+        epochs = args.epochs if algo == "ppo" else args.critic_free_epochs
+        trl = run_child([python, str(HERE / "_trl_runner.py"), "--algo", algo, *shared, "--epochs", str(epochs),
+                         "--group-size", str(args.group_size)], trl_label)
+        if trl:
+            results[f"{algo}/trl"] = trl
+        else:
+            note(f"{algo}: the TRL run failed (see stderr)")
+    return results
+
+
+def merge_result(results: dict[str, dict], key: str, result: dict[str, Any]) -> None:
+    """Add one child's result to ``results[key]``: the samples of every round together, the largest peak RSS."""
+    if key not in results:
+        results[key] = dict(result)
+        return
+    merged = results[key]
+    merged["tokens_per_s"] = merged["tokens_per_s"] + result["tokens_per_s"]
+    merged["cpu_tokens_per_s"] = merged["cpu_tokens_per_s"] + result["cpu_tokens_per_s"]
+    merged["peak_rss_bytes"] = max(merged["peak_rss_bytes"], result["peak_rss_bytes"])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the comparison (or, with the hidden ``--child``, one side of it); returns the written payload."""
     p = common.parser(__doc__.splitlines()[0], batch=16, new_tokens=32, repeats=3)
     p.add_argument("--updates", type=int, default=4, help="rollout+update iterations per timed run (default 4)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="rounds of fresh subprocesses, the sides alternating, each running --repeats timed runs; "
+                        "the statistics pool every round's samples (default 1)")
     p.add_argument("--epochs", type=int, default=4, help="PPO epochs (both sides; default 4)")
     p.add_argument("--critic-free-epochs", type=int, default=1,
                    help="passes per batch for GRPO/RLOO (TRL num_iterations; default 1)")
@@ -146,43 +207,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shared = ["--model", model_path, "--batch", str(args.batch), "--new-tokens", str(args.new_tokens),
               "--updates", str(args.updates), "--repeats", str(args.repeats), "--threads", str(args.threads),
               "--kl-coef", str(args.kl_coef), "--seed", str(args.seed)]
-    results: dict[str, dict] = {}
-    notes = []
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
     unknown = [a for a in algos if a not in PAIRS]
     if unknown:
         p.error(f"--algos: unknown {unknown}; choose from {sorted(PAIRS)}")
-    for algo in algos:
-        ours_label, trl_label = PAIRS[algo]
-        child = CHILD[algo]
-        penalty = args.critic_free_kl_penalty if child != "ppo" else FIXED_PENALTY.get(algo, args.ppo_kl_penalty)
-        ours = run_child([sys.executable, str(HERE / "vs_trl.py"), "--child", child, *shared,
-                          "--epochs", str(args.epochs), "--critic-free-epochs", str(args.critic_free_epochs),
-                          "--group-size", str(args.group_size), "--kl-penalty", penalty], ours_label)
-        if ours and ours.get("missing"):
-            notes.append(f"{algo}: agents.{algo.upper()} does not exist; left out")
-            continue
-        if ours:
-            results[f"{algo}/ours"] = ours
-        if args.skip_trl:
-            continue
-        if TRL_OF[algo] != algo:  # extra line: compared with the TRL run of its counterpart
-            if TRL_OF[algo] not in algos:
-                notes.append(f"{algo}: compared with TRL's {TRL_OF[algo]} run, which --algos leaves out")
-            continue
-        python = args.trl_python if algo == "ppo" else args.trl_latest_python
-        if algo != "ppo" and not Path(python).exists():
-            python = args.trl_python
-        if not Path(python).exists():
-            notes.append(f"{algo}: no TRL interpreter at {python}; TRL side skipped")
-            continue
-        epochs = args.epochs if algo == "ppo" else args.critic_free_epochs
-        trl = run_child([python, str(HERE / "_trl_runner.py"), "--algo", algo, *shared, "--epochs", str(epochs),
-                         "--group-size", str(args.group_size)], trl_label)
-        if trl:
-            results[f"{algo}/trl"] = trl
-        else:
-            notes.append(f"{algo}: the TRL run failed (see stderr)")
-
+    results: dict[str, dict] = {}
+    notes: list[str] = []
+    for _ in range(args.rounds):  # fresh processes every round, the two sides alternating
+        for key, result in run_round(args, algos, shared, notes).items():
+            merge_result(results, key, result)
     rows, summary, ratios, cpu_ratios = [], {}, {}, {}
     for key, result in results.items():
         algo, side = key.split("/")
@@ -206,7 +240,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ratios[RATIO_KEYS[algo]] = None
     title = (f"End to end: generated tokens/s, batch {args.batch}, {args.new_tokens} new tokens, {args.updates} "
              f"updates per run, kl_coef {args.kl_coef} (ours: TokenPPO {args.ppo_kl_penalty}, GRPO/RLOO "
-             f"{args.critic_free_kl_penalty} penalty), {args.threads} thread(s), median of {args.repeats}")
+             f"{args.critic_free_kl_penalty} penalty), {args.threads} thread(s), median of {args.rounds} round(s) x "
+             f"{args.repeats}")
     common.print_table(title, rows)
     print("\n| what | peak RSS (MiB) |\n|---|---:|")
     for label, stats in rows:
@@ -214,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for note in notes:
         print("note:", note)
     payload = {"config": {"batch": args.batch, "new_tokens": args.new_tokens, "updates": args.updates,
-                          "repeats": args.repeats, "ppo_epochs": args.epochs,
+                          "repeats": args.repeats, "rounds": args.rounds, "ppo_epochs": args.epochs,
                           "critic_free_epochs": args.critic_free_epochs, "group_size": args.group_size,
                           "kl_coef": args.kl_coef, "ppo_kl_penalty": args.ppo_kl_penalty,
                           "critic_free_kl_penalty": args.critic_free_kl_penalty,

@@ -58,8 +58,11 @@ def test_update_benchmark(tmp_path):
 def test_vs_trl_benchmark_our_side(tmp_path):
     """Our side only: TokenPPO with its deferred KL penalty, GRPO/RLOO with the sparse one (one run)."""
     result = run_script("vs_trl.py", tmp_path, "--skip-trl", "--updates", "1", "--group-size", "2",
-                        "--algos", "ppo,grpo,rloo")
+                        "--algos", "ppo,grpo,rloo", "--rounds", "2")
     assert set(result["ratios"]) == {"tokenppo_vs_trl_ppo", "grpo_vs_trl_grpo", "rloo_vs_trl_rloo"}
+    repeats = result["config"]["repeats"]
+    for key in ("ppo/ours", "grpo/ours", "rloo/ours"):  # every round's samples, from 2 processes each
+        assert len(result["results"][key]["samples"]) == 2 * repeats
     for key, penalty in (("ppo/ours", "deferred"), ("grpo/ours", "sparse"), ("rloo/ours", "sparse")):
         assert result["results"][key]["median"] > 0 and result["results"][key]["peak_rss_mib"] > 0
         assert result["results"][key]["kl_penalty"] == penalty
@@ -89,8 +92,10 @@ def test_scaling_benchmark_quick(tmp_path):
 
 @pytest.mark.slow
 def test_fixes_benchmark(tmp_path):
-    result = run_script("fixes.py", tmp_path, "--long-tokens", "8", "--batch", "4")  # GRPO: groups of 4
-    assert set(result["ratios"]) == {"kv_cache_after_vs_before", "critic_free_entropy_after_vs_before"}
+    result = run_script("fixes.py", tmp_path, "--long-tokens", "8", "--short-tokens", "4",
+                        "--batch", "4")  # GRPO: groups of 4
+    assert set(result["ratios"]) == {"kv_cache_after_vs_before", "critic_free_entropy_after_vs_before",
+                                     "update_after_vs_before"}
     assert all(v > 0 for v in result["ratios"].values())
 
 

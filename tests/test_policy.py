@@ -10,6 +10,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from transformers import AutoModelForCausalLM, pipeline
 
 from agents import MaskableTransformerPolicy, TransformerPolicy, make_text_vec_env
+from agents import policy as policy_module
 from tests.micro import build_micro_model, micro_env, prob_of_a
 from text_envs.errors import ConfigError
 
@@ -132,6 +133,84 @@ def test_separate_value_trunk(tiny_gpt2_dir):
     assert policy.value_model is not None
     values = policy.predict_values(obs_as_tensor(env.reset(), "cpu"))
     assert values.shape == (3, 1)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+@pytest.mark.parametrize("value_trunk", ["shared", "separate"])
+def test_teacher_forced_columns_by_index_equal_the_count_and_slice_path(fixture, value_trunk, request, monkeypatch):
+    """The update's forward asks the LM for the completion's columns by index; the values and the gradients are
+    those of the previous path (logits of one more column, then sliced), which models without index support keep."""
+    model_dir = request.getfixturevalue(fixture)
+    env = vec_env(model_dir)
+    policy = make_policy(env, model_dir, value_trunk=value_trunk)
+    assert policy_module.takes_column_indices(policy.lm)
+    torch.manual_seed(0)
+    ids = torch.randint(3, 200, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # left padding of the first prompt
+    weights = torch.randn(3, 4, policy.action_space.n)
+
+    def outputs_and_grads():
+        policy.zero_grad(set_to_none=True)
+        out = policy.evaluate_sequences(ids, mask, num_tokens=4)
+        ((out.logits * weights).sum() + out.values.sum()).backward()
+        grads = [p.grad.clone() for p in policy.parameters() if p.grad is not None]
+        return out.logits.detach(), out.values.detach(), grads
+
+    by_index = outputs_and_grads()
+    monkeypatch.setattr(policy_module, "takes_column_indices", lambda model: False)
+    sliced = outputs_and_grads()
+    assert by_index[0].shape == (3, 4, policy.action_space.n) and by_index[1].shape == (3, 4)
+    for a, b in zip(by_index[:2], sliced[:2]):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
+    assert len(by_index[2]) == len(sliced[2]) > 0
+    for a, b in zip(by_index[2], sliced[2]):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_column_index_support_is_read_from_the_forward_signature():
+    class CountOnly(torch.nn.Module):
+        def forward(self, input_ids, logits_to_keep: int = 0):
+            return input_ids
+
+    class CountOrIndices(torch.nn.Module):
+        def forward(self, input_ids, logits_to_keep: "int | torch.Tensor" = 0):
+            return input_ids
+
+    class NoArgument(torch.nn.Module):
+        def forward(self, input_ids):
+            return input_ids
+
+    assert not policy_module.takes_column_indices(CountOnly())
+    assert policy_module.takes_column_indices(CountOrIndices())
+    assert not policy_module.takes_column_indices(NoArgument())
+
+
+def test_adam_is_fused_unless_the_user_chooses_an_implementation(tiny_gpt2_dir):
+    env = vec_env(tiny_gpt2_dir)
+    assert make_policy(env, tiny_gpt2_dir).optimizer.defaults["fused"] is True
+    chosen = make_policy(env, tiny_gpt2_dir, optimizer_kwargs={"foreach": True, "weight_decay": 0.0})
+    assert chosen.optimizer.defaults["foreach"] is True and not chosen.optimizer.defaults["fused"]
+    assert chosen.optimizer.defaults["weight_decay"] == 0.0
+    plain = make_policy(env, tiny_gpt2_dir, optimizer_kwargs={"fused": False})
+    assert not plain.optimizer.defaults["fused"]
+    sgd = make_policy(env, tiny_gpt2_dir, optimizer_class=torch.optim.SGD, optimizer_kwargs={"momentum": 0.9})
+    assert "fused" not in {k for k, v in sgd.optimizer.defaults.items() if v}
+    # the fused step is AdamW's update: the same parameters as the per-parameter loop, to float rounding
+    torch.manual_seed(0)
+    fused = make_policy(env, tiny_gpt2_dir)
+    torch.manual_seed(0)
+    loop = make_policy(env, tiny_gpt2_dir, optimizer_kwargs={"foreach": False})
+    for a, b in zip(fused.parameters(), loop.parameters()):
+        assert torch.equal(a, b)
+    for policy in (fused, loop):
+        for _ in range(3):
+            policy.optimizer.zero_grad()
+            out = policy.evaluate_sequences(torch.arange(3, 12).repeat(2, 1), torch.ones(2, 9, dtype=torch.long), 4)
+            (out.logits.logsumexp(-1).mean() + out.values.square().mean()).backward()
+            policy.optimizer.step()
+    for a, b in zip(fused.parameters(), loop.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_export_loads_with_auto_class_and_pipeline(tiny_gpt2_dir, tmp_path):

@@ -48,6 +48,20 @@ def _forward_cache_keyword(model_class: type) -> str:
     return LIBRARY_CACHE_KEYWORD  # forward(**kwargs) wrappers pass the keyword on to a transformers model
 
 
+@functools.lru_cache(maxsize=None)
+def _forward_takes_column_indices(model_class: type) -> bool:
+    parameter = inspect.signature(model_class.forward).parameters.get("logits_to_keep")
+    return parameter is not None and "Tensor" in str(parameter.annotation)
+
+
+def takes_column_indices(model: torch.nn.Module) -> bool:
+    """Whether ``model.forward`` takes a 1-D tensor of column indices as ``logits_to_keep`` (transformers'
+    ``int | torch.Tensor`` argument) and not only a count of last columns. Read once per model class from the
+    ``forward`` signature (wrappers such as PEFT's are unwrapped first)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_takes_column_indices(type(base))
+
+
 def cache_keyword(model: torch.nn.Module) -> str:
     """The keyword ``model.forward`` takes its KV cache under: ``"cache"`` or ``"past_key_values"``.
 
