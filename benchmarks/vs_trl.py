@@ -202,16 +202,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.model = common.resolve_model(args.model, args.seed)
         print("RESULT " + json.dumps(our_side(args)), flush=True)
         return {}
-    model_path = common.resolve_model(args.model, args.seed)  # the children pin their own threads
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-    shared = ["--model", model_path, "--batch", str(args.batch), "--new-tokens", str(args.new_tokens),
-              "--updates", str(args.updates), "--repeats", str(args.repeats), "--threads", str(args.threads),
-              "--kl-coef", str(args.kl_coef), "--seed", str(args.seed)]
-    if args.rounds < 1:
+    if args.rounds < 1:  # checked before the benchmark model is built
         p.error(f"--rounds must be >= 1, got {args.rounds}")
     unknown = [a for a in algos if a not in PAIRS]
     if unknown:
         p.error(f"--algos: unknown {unknown}; choose from {sorted(PAIRS)}")
+    model_path = common.resolve_model(args.model, args.seed)  # the children pin their own threads
+    shared = ["--model", model_path, "--batch", str(args.batch), "--new-tokens", str(args.new_tokens),
+              "--updates", str(args.updates), "--repeats", str(args.repeats), "--threads", str(args.threads),
+              "--kl-coef", str(args.kl_coef), "--seed", str(args.seed)]
     results: dict[str, dict] = {}
     notes: list[str] = []
     for _ in range(args.rounds):  # fresh processes every round, the two sides alternating
